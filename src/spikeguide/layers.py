@@ -1,0 +1,40 @@
+"""Time-folding helpers.
+
+An SNN activation is ``[T, B, ...]``. Convolutions, batch norm, pooling and linear layers are
+time-invariant, so they run once on the folded ``[T*B, ...]`` tensor; batch norm therefore
+normalizes input currents with statistics shared over all time steps. Neurons (modules with a
+``multistep`` attribute) receive the unfolded ``[T, B, ...]`` tensor and loop over T themselves.
+An ANN is the same network with ReLU activations and T = 1.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def fold_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Apply a time-invariant ``fn`` to ``x`` ``[T, B, ...]`` with T folded into the batch."""
+    T, B = x.shape[:2]
+    y = fn(x.reshape(T * B, *x.shape[2:]))
+    return y.reshape(T, B, *y.shape[1:])
+
+
+def is_multistep(module: nn.Module) -> bool:
+    return getattr(module, "multistep", False)
+
+
+class TimeSequential(nn.Sequential):
+    """``nn.Sequential`` over ``[T, B, ...]``: neurons see time, every other layer sees it folded."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for module in self:
+            x = module(x) if is_multistep(module) else fold_apply(module, x)
+        return x
+
+
+def broadcast_time(x: torch.Tensor, T: int) -> torch.Tensor:
+    """``[B, ...] -> [T, B, ...]`` as a view: a static input's encoding is shared by every step."""
+    return x.unsqueeze(0).expand(T, *x.shape)

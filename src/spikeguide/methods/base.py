@@ -1,0 +1,77 @@
+"""The method interface: a method owns its training step, the Trainer owns everything else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+
+
+class StepResult(NamedTuple):
+    loss: torch.Tensor
+    logits: torch.Tensor  # the student's time-averaged logits [B, K], for training accuracy
+
+
+@dataclass
+class NoOptions:
+    """A method without options."""
+
+
+class Method(nn.Module):
+    """Base class of training methods.
+
+    A method wraps the student (the model being trained; the deployable artefact), may hold a
+    frozen ``teacher`` and trainable modules of its own (saved in the training checkpoint beside
+    the student), and computes the loss of one batch in :meth:`training_step`.
+
+    Class attributes tell the runner what to build:
+        ``Options``: the dataclass of the method's config options (the ``[method]`` table).
+        ``spiking_student``: whether the student is an SNN (False: the ANN twin).
+        ``needs_teacher``: whether a trained ANN teacher must be supplied.
+    """
+
+    Options: type = NoOptions
+    spiking_student: bool = True
+    needs_teacher: bool = False
+
+    def __init__(self, student: nn.Module, options: Any = None, *, teacher: nn.Module | None = None,
+                 label_smoothing: float = 0.0):
+        super().__init__()
+        self.student = student
+        self.options = options if options is not None else self.Options()
+        self.label_smoothing = label_smoothing
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
+
+    def train(self, mode: bool = True) -> "Method":
+        super().train(mode)
+        if self.teacher is not None:  # a frozen teacher keeps its BN statistics
+            self.teacher.eval()
+        return self
+
+    def cross_entropy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+
+    def training_step(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        raise NotImplementedError
+
+    def own_state_dict(self) -> dict[str, torch.Tensor]:
+        """State of the method's own modules (neither student nor teacher), for checkpoints."""
+        return {k: v for k, v in self.state_dict().items()
+                if not k.startswith(("student.", "teacher."))}
+
+    def load_own_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith(("student.", "teacher."))]
+        if missing or unexpected:
+            raise RuntimeError(f"method state mismatch: missing {missing}, unexpected {unexpected}")
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+register_method: Callable[[str], Callable[[type[Method]], type[Method]]] = METHODS.register

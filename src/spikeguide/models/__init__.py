@@ -1,0 +1,8 @@
+"""The model zoo: ``create_model(name, ...)`` builds an SNN or its ANN twin."""
+
+from . import resnet, vgg  # noqa: F401  (registers the models)
+from .base import ModelOutput, SpikingNet
+from .registry import MODELS, apply_repact, create_model, load_twin_weights, register_model
+
+__all__ = ["MODELS", "ModelOutput", "SpikingNet", "apply_repact", "create_model",
+           "load_twin_weights", "register_model"]

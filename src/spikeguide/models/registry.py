@@ -1,0 +1,107 @@
+"""The model registry and ``create_model``."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import SpikeguideError
+from ..neuron import NEURONS, Surrogate, get_surrogate, is_spiking
+from ..registry import Registry
+from .base import SpikingNet
+
+MODELS: Registry[Callable[..., SpikingNet]] = Registry("model")
+register_model = MODELS.register
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    spiking: bool = True,
+    T: int = 4,
+    neuron: str = "lif",
+    neuron_options: dict[str, Any] | None = None,
+    surrogate: str | Surrogate = "atan",
+    surrogate_width: float | None = None,
+    repact: bool = False,
+    width: float = 1.0,
+    **options: Any,
+) -> SpikingNet:
+    """Build a registered model as an SNN (``spiking=True``) or its ANN twin.
+
+    Args:
+        name: a registered model (``MODELS.names()``).
+        num_classes, in_channels: classifier outputs and input channels.
+        spiking: LIF-family neurons (SNN) or ReLU (ANN); both have the same parameter names.
+        T: time steps for static input (frame input brings its own T); ignored by the ANN.
+        neuron: a registered neuron (``lif``, ``if``, ``plif``); ``neuron_options`` are its
+            constructor arguments (decay, threshold, reset, detach_reset).
+        surrogate, surrogate_width: the surrogate gradient and its width.
+        repact: replace the SNN's last spiking activation (the one producing the output feature)
+            by ReLU (EnOF's RepAct). No effect on an ANN.
+        width: multiplies every channel count.
+        options: model-specific arguments, e.g. ``stem="cifar"`` for resnet18/34/50 or
+            ``input_size=128`` for vggsnn.
+    """
+    builder = MODELS.get(name)
+    if not width > 0:
+        raise SpikeguideError(f"model width must be positive, got {width}")
+    if num_classes < 1 or in_channels < 1:
+        raise SpikeguideError("num_classes and in_channels must be >= 1")
+    unknown = set(options) - set(inspect.signature(builder).parameters)
+    if unknown:
+        raise SpikeguideError(f"model {name!r} has no option(s) {sorted(unknown)}")
+    if spiking:
+        neuron_cls = NEURONS.get(neuron)
+        sur = get_surrogate(surrogate, surrogate_width)
+        kwargs = dict(neuron_options or {})
+        bad = set(kwargs) - set(inspect.signature(neuron_cls).parameters)
+        if bad:
+            raise SpikeguideError(f"neuron {neuron!r} has no option(s) {sorted(bad)}")
+
+        def make_act() -> nn.Module:
+            return neuron_cls(surrogate=sur, **kwargs)
+    else:
+        make_act = nn.ReLU
+    model = builder(num_classes=num_classes, in_channels=in_channels, make_act=make_act,
+                    width=width, T=T, spiking=spiking, **options)
+    if spiking and repact:
+        apply_repact(model)
+    return model
+
+
+def apply_repact(model: SpikingNet) -> None:
+    """EnOF's RepAct: the last spiking neuron before pooling becomes a ReLU."""
+    name, _ = model.neurons()[-1]
+    model.set_submodule(name, nn.ReLU())
+
+
+def load_twin_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load a twin's weights (an ANN into its SNN, or back).
+
+    Every parameter and buffer must match by name and shape, except neuron parameters that only
+    one side has (a PLIF's learnable decay). Anything else is an error naming the key.
+    """
+    own = model.state_dict()
+    neuron_prefixes = tuple(f"{n}." for n, m in model.named_modules() if is_spiking(m))
+    missing = [k for k in own if k not in state_dict and not k.startswith(neuron_prefixes)]
+    unexpected = [k for k in state_dict if k not in own]
+    neuronish = [k for k in unexpected if k.rsplit(".", 1)[-1] == "decay_logit"]
+    unexpected = [k for k in unexpected if k not in neuronish]
+    if missing or unexpected:
+        raise SpikeguideError(
+            f"weights do not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]} "
+            "(is it another architecture?)"
+        )
+    for key, value in state_dict.items():
+        if key in own and own[key].shape != value.shape:
+            raise SpikeguideError(
+                f"weights do not fit this model: {key} has shape {tuple(value.shape)}, the model "
+                f"expects {tuple(own[key].shape)} (another width or class count?)"
+            )
+    model.load_state_dict({k: v for k, v in state_dict.items() if k not in neuronish}, strict=False)

@@ -1,0 +1,267 @@
+"""The generic Trainer: loop, evaluation, mixed precision, checkpoints, metrics log, resume.
+
+The Trainer does not know which method it runs: it calls ``method.training_step(x, y)`` and
+optimizes every trainable parameter of the method (student and the method's own modules).
+
+Exact resume: the data order is a function of (seed, epoch) and the augmentation randomness of
+(seed, epoch, step), so a checkpoint that stores model, optimizer, scheduler, scaler and the
+position (epoch, step) continues bit-identically on CPU, also from the middle of an epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import save_checkpoint
+from .config import Config, OptimConfig, dump_toml, to_dict
+from .data import ArrayDataset, Augment, InMemoryLoader
+from .data.loader import mix_seed
+from .errors import SpikeguideError
+from .methods import Method
+from .metrics import evaluate
+
+log = logging.getLogger("spikeguide")
+
+CHECKPOINT_FORMAT = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpikeguideError(f"train.device is {name!r} but CUDA is not available here")
+    return device
+
+
+def build_optimizer(cfg: OptimConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
+                             weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
+    """Learning-rate multiplier at iteration ``step``: linear warm-up, then cosine or constant."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class Trainer:
+    """Trains ``method`` on ``train_set``, evaluating on ``test_set`` after every epoch."""
+
+    def __init__(self, cfg: Config, method: Method, train_set: ArrayDataset,
+                 test_set: ArrayDataset, *, device: torch.device | None = None):
+        self.cfg = cfg
+        self.device = device or resolve_device(cfg.train.device)
+        if cfg.train.amp == "fp16" and self.device.type != "cuda":
+            raise SpikeguideError("train.amp = 'fp16' needs CUDA; use 'bf16' on CPU")
+        self.method = method.to(self.device)
+        self.run_dir = cfg.run_dir
+        self.augment = Augment(**asdict(cfg.data.augment), mean=train_set.mean, std=train_set.std)
+        self.train_loader = InMemoryLoader(train_set, cfg.data.batch_size, shuffle=True,
+                                           drop_last=True, seed=cfg.train.seed, device=self.device)
+        self.test_loader = InMemoryLoader(test_set, cfg.data.eval_batch_size, shuffle=False,
+                                          drop_last=False, device=self.device)
+        if len(self.train_loader) == 0:
+            raise SpikeguideError(f"data.batch_size {cfg.data.batch_size} is larger than the "
+                                  f"training set ({len(train_set)} samples)")
+        self.data_info = {"num_classes": train_set.num_classes, "in_channels": train_set.in_channels,
+                          "train": train_set.info, "test": test_set.info}
+        params = [p for p in method.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(cfg.optim, params)
+        steps = len(self.train_loader)
+        total, warmup = steps * cfg.train.epochs, int(round(cfg.optim.warmup_epochs * steps))
+        min_ratio = cfg.optim.min_lr / cfg.optim.lr
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_factor(s, total, warmup, cfg.optim.schedule, min_ratio),
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16")
+        self.epoch = 0  # the epoch in progress (or next to start)
+        self.step = 0  # batches of that epoch already trained
+        self.global_step = 0
+        self.best_top1 = -math.inf
+        self.epoch_stats = {"loss": 0.0, "correct": 0, "seen": 0}
+        self.stop_signal: int | None = None
+
+    # ---------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": to_dict(self.cfg),
+            "data": self.data_info,
+            "model": self.method.student.state_dict(),
+            "method": self.method.own_state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "global_step": self.global_step,
+            "best_top1": self.best_top1,
+            "epoch_stats": dict(self.epoch_stats),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.method.student.load_state_dict(state["model"])
+        self.method.load_own_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.global_step, self.best_top1 = state["global_step"], state["best_top1"]
+        self.epoch_stats = dict(state["epoch_stats"])
+        self._truncate_metrics(self.epoch)
+
+    def save(self, name: str = "latest") -> Path:
+        path = self.run_dir / f"{name}.pt"
+        save_checkpoint(self.state_dict(), path)
+        return path
+
+    # ---------------------------------------------------------------- logging
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def _log_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _truncate_metrics(self, epoch: int) -> None:
+        """Drop log lines of epochs the checkpoint being resumed had not completed."""
+        if self.metrics_path.exists():
+            lines = self.metrics_path.read_text().splitlines()
+            kept = [ln for ln in lines if json.loads(ln)["epoch"] <= epoch]
+            self.metrics_path.write_text("".join(ln + "\n" for ln in kept))
+
+    def _write_config(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        header = "# resolved config of this run; data as loaded:\n" + "".join(
+            f"#   {split}: {json.dumps(self.data_info[split])}\n" for split in ("train", "test")
+        )
+        (self.run_dir / "config.toml").write_text(header + dump_toml(self.cfg))
+
+    # ---------------------------------------------------------------- training
+
+    def _autocast(self):
+        if self.cfg.train.amp == "none":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.cfg.train.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        gen = torch.Generator().manual_seed(mix_seed(self.cfg.train.seed, self.epoch, self.step))
+        x = self.augment(x, gen)
+        with self._autocast():
+            loss, logits = self.method.training_step(x, y)
+        if not torch.isfinite(loss):
+            raise SpikeguideError(
+                f"the loss became {float(loss)} at epoch {self.epoch} step {self.step}; training "
+                f"stopped and the last good checkpoint in {str(self.run_dir)!r} is kept. Usual "
+                "remedies: a lower optim.lr, another surrogate.width, train.grad_clip"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.train.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.epoch_stats["loss"] += float(loss.detach()) * len(y)
+        self.epoch_stats["correct"] += int((logits.argmax(1) == y).sum())
+        self.epoch_stats["seen"] += len(y)
+        self.step += 1
+        self.global_step += 1
+
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGTERM/SIGINT finish the current step, then training checkpoints and stops."""
+
+        def request_stop(signum, frame):
+            self.stop_signal = signum
+
+        try:
+            previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        except ValueError:  # not the main thread: leave signals alone
+            previous = {}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def evaluate(self) -> dict[str, Any]:
+        return evaluate(self.method.student, self.test_loader, self.augment.normalize)
+
+    def fit(self, max_steps: int | None = None) -> dict[str, Any]:
+        """Train to ``train.epochs`` (or stop after ``max_steps`` global steps, or on a signal,
+        with a checkpoint); returns a summary."""
+        self._write_config()
+        epochs, every = self.cfg.train.epochs, self.cfg.train.checkpoint_every
+        start = time.time()
+        last: dict[str, Any] = {}
+        with self._stop_on_signals():
+            while self.epoch < epochs:
+                self.method.train()
+                self.train_loader.set_epoch(self.epoch)
+                bar = tqdm(self.train_loader.iter_from(self.step), total=len(self.train_loader),
+                           initial=self.step, desc=f"epoch {self.epoch + 1}/{epochs}",
+                           leave=False, disable=None if self.cfg.train.progress else True)
+                for x, y in bar:
+                    self._train_step(x, y)
+                    if self.stop_signal is not None or self.global_step == max_steps:
+                        bar.close()
+                        path = self.save("latest")
+                        return {"stopped": True, "checkpoint": str(path), "epoch": self.epoch,
+                                "step": self.step, "signal": self.stop_signal}
+                    if every and self.global_step % every == 0 and self.step < len(self.train_loader):
+                        self.save("latest")
+                last = self._end_epoch(time.time() - start)
+        return {"stopped": False, "best_top1": self.best_top1, **last}
+
+    def _end_epoch(self, elapsed: float) -> dict[str, Any]:
+        stats = self.epoch_stats
+        result = self.evaluate()
+        record = {
+            "epoch": self.epoch + 1,  # epochs completed
+            "global_step": self.global_step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": stats["loss"] / stats["seen"],
+            "train_top1": 100 * stats["correct"] / stats["seen"],
+            **{f"test_{k}": v for k, v in result.items()},
+            "elapsed_s": elapsed,
+        }
+        improved = result["top1"] > self.best_top1
+        self.best_top1 = max(self.best_top1, result["top1"])
+        self.epoch, self.step = self.epoch + 1, 0
+        self.epoch_stats = {"loss": 0.0, "correct": 0, "seen": 0}
+        # this order keeps the log, best.pt and latest.pt consistent if killed in between:
+        # a resume from the previous latest.pt redoes the epoch and rewrites both
+        self._log_metrics(record)
+        if improved:
+            self.save("best")
+        self.save("latest")
+        log.info("epoch %d: train loss %.4f top1 %.2f | test top1 %.2f (best %.2f) | firing %.4f",
+                 self.epoch, record["train_loss"], record["train_top1"], result["top1"],
+                 self.best_top1, result["firing_rate"])
+        return record

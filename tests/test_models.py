@@ -1,0 +1,100 @@
+import pytest
+import torch
+from torch import nn
+
+from spikeguide.errors import SpikeguideError
+from spikeguide.models import MODELS, create_model, load_twin_weights
+from spikeguide.neuron import LIF, is_spiking
+
+SMALL = dict(width=0.125)
+
+
+def small_input(name, batch=2):
+    if name == "vggsnn":
+        return dict(in_channels=2, input_size=32), torch.rand(batch, 2, 32, 32)
+    return dict(in_channels=3), torch.rand(batch, 3, 32, 32)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("T", [1, 2])
+def test_every_model_runs_forward_and_backward_as_ann_and_snn(name, T):
+    kwargs, x = small_input(name)
+    ann = create_model(name, spiking=False, T=T, **SMALL, **kwargs)
+    snn = create_model(name, spiking=True, T=T, **SMALL, **kwargs)
+    assert list(ann.state_dict()) == list(snn.state_dict())
+    assert not ann.neurons() and snn.neurons()
+    for model in (ann, snn):
+        out = model.forward_features(x, return_stages=True)
+        assert out.logits.shape == (2, 10)
+        assert out.logits_t.shape[0] == (T if model.spiking else 1)
+        assert len(out.stages) == len(model.stages)
+        out.logits.sum().backward()
+        assert model.encoder[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_ann_weights_load_into_snn_twin(name):
+    kwargs, x = small_input(name)
+    ann = create_model(name, spiking=False, **SMALL, **kwargs)
+    snn = create_model(name, spiking=True, **SMALL, **kwargs)
+    load_twin_weights(snn, ann.state_dict())
+    for k, v in ann.state_dict().items():
+        assert torch.equal(snn.state_dict()[k], v)
+
+
+def test_spiking_output_feature_is_a_time_average_of_spikes():
+    model = create_model("resnet20", T=4, **SMALL).eval()
+    feature_t = model.forward_features(torch.rand(2, 3, 32, 32)).feature_t
+    # each pooled value of one step is a mean of 0/1 spikes over the 2x2 map
+    assert torch.all((feature_t * 4).round() == feature_t * 4)
+
+
+def test_repact_changes_exactly_the_last_activation():
+    plain = create_model("resnet20", T=2, **SMALL)
+    rep = create_model("resnet20", T=2, repact=True, **SMALL)
+    plain_acts = {n: type(m) for n, m in plain.named_modules() if is_spiking(m) or isinstance(m, nn.ReLU)}
+    rep_acts = {n: type(m) for n, m in rep.named_modules() if is_spiking(m) or isinstance(m, nn.ReLU)}
+    changed = [n for n in plain_acts if plain_acts[n] is not rep_acts[n]]
+    assert changed == [plain.neurons()[-1][0]] == ["stages.3.1.act"]
+    assert rep_acts["stages.3.1.act"] is nn.ReLU and plain_acts["stages.3.1.act"] is LIF
+    assert list(plain.state_dict()) == list(rep.state_dict())
+
+
+def test_static_input_is_encoded_once():
+    model = create_model("resnet19", T=4, **SMALL)
+    calls = []
+    model.encoder.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape)))
+    model(torch.rand(3, 3, 32, 32))
+    assert calls == [(3, 3, 32, 32)]  # one [B, C, H, W] call, not T of them
+
+
+def test_frames_input_runs_one_step_per_frame():
+    model = create_model("vggsnn", in_channels=2, input_size=32, T=3, **SMALL)
+    out = model.forward_features(torch.rand(2, 5, 2, 32, 32))
+    assert out.logits_t.shape == (5, 2, 10)
+
+
+def test_width_scales_channels():
+    assert create_model("resnet19", width=0.25).classifier.in_features == 128
+    assert create_model("resnet50", width=0.25).classifier.in_features == 512
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(name="resnet21"), "unknown model 'resnet21'"),
+    (dict(name="resnet18", stem="tiny"), "unknown stem"),
+    (dict(name="resnet20", bogus=1), "no option"),
+    (dict(name="resnet20", width=0), "width must be positive"),
+    (dict(name="resnet20", T=0), "T must be >= 1"),
+    (dict(name="resnet20", neuron_options={"tau": 2}), "no option"),
+])
+def test_bad_model_arguments_are_clear_errors(kwargs, match):
+    with pytest.raises(SpikeguideError, match=match):
+        create_model(**kwargs)
+
+
+def test_twin_loading_rejects_another_architecture():
+    snn = create_model("resnet20", **SMALL)
+    with pytest.raises(SpikeguideError, match="do not fit"):
+        load_twin_weights(snn, create_model("resnet19", spiking=False, **SMALL).state_dict())
+    with pytest.raises(SpikeguideError, match="shape"):
+        load_twin_weights(snn, create_model("resnet20", spiking=False, num_classes=7, **SMALL).state_dict())

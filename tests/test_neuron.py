@@ -1,0 +1,135 @@
+import math
+
+import pytest
+import torch
+
+from spikeguide.errors import SpikeguideError
+from spikeguide.neuron import IF, LIF, PLIF, SURROGATES, get_surrogate
+
+
+def hand_lif(current, decay, threshold, reset):
+    """A plain Python loop over scalars: membrane traces and spikes."""
+    T, n = current.shape
+    spikes, membrane = torch.zeros(T, n), torch.zeros(T, n)
+    for i in range(n):
+        u = 0.0
+        for t in range(T):
+            u = decay * u + float(current[t, i])
+            s = 1.0 if u >= threshold else 0.0
+            membrane[t, i] = u  # before reset
+            spikes[t, i] = s
+            if s:
+                u = u - threshold if reset == "soft" else 0.0
+    return spikes, membrane
+
+
+CURRENT = torch.tensor([[0.6, 1.5, 0.2, 1.0], [0.6, 0.2, 0.2, 1.0], [0.6, 1.5, 0.2, -0.5],
+                        [0.1, 0.0, 0.9, 2.5], [0.6, 0.9, 0.2, 0.3]])
+
+
+@pytest.mark.parametrize("reset", ["soft", "hard"])
+@pytest.mark.parametrize("cls,decay", [(LIF, 0.5), (LIF, 0.9), (IF, 1.0), (PLIF, 0.7)])
+def test_spikes_match_hand_loop(cls, decay, reset):
+    kwargs = {} if cls is IF else {"decay": decay}
+    neuron = cls(threshold=1.0, reset=reset, **kwargs)
+    expected, _ = hand_lif(CURRENT, decay, 1.0, reset)
+    assert torch.equal(neuron(CURRENT), expected)
+
+
+def test_hand_loop_itself_is_right_on_a_known_trace():
+    # decay 0.5, threshold 1, current 0.6 each step: u = 0.6, 0.9, 1.05 -> spike
+    spikes, membrane = hand_lif(torch.full((3, 1), 0.6), 0.5, 1.0, "hard")
+    assert spikes[:, 0].tolist() == [0, 0, 1]
+    assert membrane[:, 0].tolist() == pytest.approx([0.6, 0.9, 1.05])
+
+
+@pytest.mark.parametrize("reset", ["soft", "hard"])
+def test_soft_and_hard_reset_differ_as_defined(reset):
+    # one step of 1.5 then 0: soft keeps 0.5 (then 0.25 after decay), hard keeps 0
+    neuron = LIF(decay=0.5, reset=reset)
+    out = neuron(torch.tensor([[1.5], [0.8]]))
+    # soft: u2 = 0.5*0.5 + 0.8 = 1.05 -> spike; hard: u2 = 0.8 -> no spike
+    assert out[:, 0].tolist() == ([1.0, 1.0] if reset == "soft" else [1.0, 0.0])
+
+
+def test_state_does_not_leak_between_calls():
+    neuron = LIF()
+    x = torch.full((2, 3), 0.7)
+    assert torch.equal(neuron(x), neuron(x))
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_gradient_matches_unrolled_reference(detach):
+    """The multi-step neuron's gradient equals autograd through a hand-unrolled graph."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, requires_grad=True)
+    sur = get_surrogate("atan", 0.5)
+    LIF(decay=0.5, reset="soft", detach_reset=detach, surrogate=sur)(x).sum().backward()
+    g1 = x.grad.clone()
+    x.grad = None
+    u = torch.zeros(6)
+    total = 0
+    for t in range(4):
+        u = 0.5 * u + x[t]
+        h = u - 1.0
+        d = sur.derivative(h).detach()  # straight-through: value H(h), gradient d
+        s = (h >= 0).float() + d * h - (d * h).detach()
+        total = total + s.sum()
+        r = s.detach() if detach else s
+        u = u - r
+    total.backward()
+    assert torch.allclose(g1, x.grad, atol=1e-6)
+
+
+def test_plif_decay_is_learned():
+    neuron = PLIF(decay=0.5)
+    neuron(torch.rand(4, 8) * 2).sum().backward()
+    assert neuron.decay_logit.grad is not None and neuron.decay_logit.grad != 0
+    assert float(neuron.membrane_decay().detach()) == pytest.approx(0.5)
+
+
+CLOSED_FORMS = {
+    "rectangle": lambda x, w: (abs(x) < w / 2) / w,
+    "triangle": lambda x, w: max(0.0, 1 - abs(x) / w) / w,
+    "sigmoid": lambda x, w: math.exp(-x / w) / (w * (1 + math.exp(-x / w)) ** 2),
+    "atan": lambda x, w: (1 / (2 * w)) / (1 + (math.pi * x / (2 * w)) ** 2),
+    "fast_sigmoid": lambda x, w: (1 / (2 * w)) / (1 + abs(x) / w) ** 2,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLOSED_FORMS))
+@pytest.mark.parametrize("width", [0.3, 1.0, 2.5])
+def test_surrogate_gradient_matches_closed_form(name, width):
+    xs = [-2.0, -0.7, -0.1, 0.0, 0.05, 0.4, 1.3]
+    x = torch.tensor(xs, dtype=torch.float64, requires_grad=True)
+    sur = get_surrogate(name, width)
+    from spikeguide.neuron import spike
+
+    out = spike(x, sur)
+    assert out.tolist() == [0, 0, 0, 1, 1, 1, 1]  # exact Heaviside, H(0) = 1
+    out.sum().backward()
+    expected = [CLOSED_FORMS[name](v, width) for v in xs]
+    assert x.grad.tolist() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(CLOSED_FORMS))
+def test_surrogates_integrate_to_one(name):
+    x = torch.linspace(-1000, 1000, 2_000_001, dtype=torch.float64)  # heavy 1/x^2 tails
+    area = torch.trapezoid(get_surrogate(name, 0.5).derivative(x), x)
+    assert float(area) == pytest.approx(1.0, abs=2e-3)
+
+
+def test_all_surrogates_are_tested():
+    assert set(SURROGATES.names()) == set(CLOSED_FORMS)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"reset": "zero"}, "reset must be one of"),
+    ({"decay": 1.5}, "decay must be in"),
+    ({"threshold": 0}, "threshold must be positive"),
+    ({"surrogate": "erf"}, "unknown surrogate 'erf'"),
+    ({"width": -1.0}, "width must be a positive"),
+])
+def test_bad_neuron_arguments_are_clear_errors(kwargs, match):
+    with pytest.raises(SpikeguideError, match=match):
+        LIF(**kwargs)
