@@ -1,0 +1,80 @@
+"""The in-memory dataset every builder returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from ..errors import SpikeguideError
+
+
+@dataclass
+class ArrayDataset:
+    """A whole split held as two tensors.
+
+    ``x`` is uint8 ``[N, C, H, W]`` for images (pixels 0..255) or uint8 ``[N, T, 2, H, W]`` for
+    event frames (per-pixel event counts clipped at 255: half the memory of float16, and counts
+    above 255 in one frame and pixel are rare sensor artefacts). ``y`` is int64 ``[N]``.
+    ``mean``/``std`` are per-channel stats in [0, 1] pixel units (None: do not normalise).
+    ``info`` records every choice that changed the data, for the run's resolved config.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.x.dim() not in (4, 5) or self.x.shape[0] != self.y.shape[0] or self.y.dim() != 1:
+            raise ValueError(
+                f"ArrayDataset needs x [N,C,H,W] or [N,T,2,H,W] and y [N]; "
+                f"got {tuple(self.x.shape)} and {tuple(self.y.shape)}"
+            )
+        if self.y.dtype != torch.int64:
+            raise ValueError(f"labels must be int64, got {self.y.dtype}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def is_temporal(self) -> bool:
+        return self.x.dim() == 5
+
+    @property
+    def in_channels(self) -> int:
+        return self.x.shape[2] if self.is_temporal else self.x.shape[1]
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def subset(self, n: int, seed: int = 0) -> ArrayDataset:
+        """A stratified subset of ``n`` samples: each class keeps its share of the split.
+
+        Quotas are ``n * count_c / N`` rounded down, the remainder going to the classes with the
+        largest fractional parts (lowest class index on ties); the members of each class are the
+        first of a seeded permutation. Samples keep their original order.
+        """
+        total = len(self)
+        if not 0 < n <= total:
+            raise SpikeguideError(f"subset size must be in 1..{total} for this split, got {n}")
+        counts = torch.bincount(self.y, minlength=self.num_classes)
+        exact = counts.double() * n / total
+        quota = exact.floor().long()
+        short = n - int(quota.sum())
+        # stable sort so ties go to the lowest class index
+        order = torch.sort(exact - quota, descending=True, stable=True).indices
+        quota[order[:short]] += 1
+        perm = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+        labels = self.y[perm]
+        # rank of each permuted sample within its class: keep it when below the class quota
+        by_class = torch.sort(labels, stable=True).indices
+        starts = counts.cumsum(0) - counts
+        rank = torch.empty_like(labels)
+        rank[by_class] = torch.arange(total) - starts[labels[by_class]]
+        keep = perm[rank < quota[labels]].sort().values
+        info = {**self.info, "subset": {"n": n, "seed": seed, "rule": "stratified"}}
+        return replace(self, x=self.x[keep], y=self.y[keep], info=info)
