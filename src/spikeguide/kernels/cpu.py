@@ -1,0 +1,83 @@
+"""The CPU extension (``lif_cpu.cpp``), compiled on first use and cached by PyTorch.
+
+The build needs a C++ compiler and ninja; it takes about a minute once per machine and source
+version (cached under ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import SpikeguideError
+from ..neuron import ATan, FastSigmoid, Rectangle, Sigmoid, Surrogate, Triangle
+
+# Built-in surrogates the kernel evaluates itself; any other one is evaluated in torch first.
+SURROGATE_IDS = {Rectangle: 0, Triangle: 1, Sigmoid: 2, ATan: 3, FastSigmoid: 4}
+DTYPES = (torch.float32, torch.float64)
+
+
+@functools.cache
+def _build():
+    from torch.utils import cpp_extension
+
+    try:
+        return cpp_extension.load(
+            name="spikeguide_lif_cpu",
+            sources=[str(Path(__file__).with_name("lif_cpu.cpp"))],
+            extra_cflags=["-O3", "-ffp-contract=off"],
+            verbose=False,
+        ), None
+    except Exception as exc:  # no compiler, no ninja, no headers: report, let "auto" fall back
+        last = (str(exc).strip().splitlines() or [""])[-1]
+        error = f"{type(exc).__name__}: {last}"
+        warnings.warn(f"spikeguide: the C++ LIF kernel did not build ({error}); the 'auto' "
+                      "neuron backend falls back to 'fused'", RuntimeWarning, stacklevel=2)
+        return None, error
+
+
+def available() -> bool:
+    return _build()[0] is not None
+
+
+def extension():
+    ext, error = _build()
+    if ext is None:
+        raise SpikeguideError(
+            f"the 'compiled' LIF backend could not build its C++ extension ({error}); install a C++ "
+            "compiler and ninja, or use backend='fused' or 'torch'"
+        )
+    return ext
+
+
+class CppLoops:
+    """Both loops in one C++ pass each over ``[T, N]``, parallel over neurons.
+
+    Outputs come from ``pool`` (a :class:`~.pool.BufferPool`) when one is given.
+    """
+
+    def __init__(self, pool=None):
+        self.pool = pool
+
+    def _empty(self, like: torch.Tensor) -> torch.Tensor:
+        if self.pool is None:
+            return torch.empty(like.shape, dtype=like.dtype)
+        return self.pool.empty(tuple(like.shape), like.dtype)
+
+    def forward(self, current, decay, threshold, soft, save_h):
+        spikes = self._empty(current)
+        h = self._empty(current) if save_h else None
+        extension().forward(current, spikes, h, decay, threshold, soft)
+        return spikes, h
+
+    def backward(self, grad_spikes, h, decay, threshold, soft, detach, surrogate: Surrogate,
+                 want_decay):
+        sid = SURROGATE_IDS.get(type(surrogate), -1)
+        pre = surrogate.derivative(h - threshold) if sid < 0 else None
+        grad = self._empty(h)
+        grad_decay = extension().backward(grad_spikes, h, pre, grad, decay, threshold, soft, detach,
+                                          sid, surrogate.width, want_decay)
+        return grad, grad_decay

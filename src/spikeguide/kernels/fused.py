@@ -1,0 +1,126 @@
+"""The fused multi-step LIF as one autograd node per layer.
+
+Forward runs the T loop without building a graph and saves only the charged (pre-reset) membrane
+``h_t`` of every step; backward runs the hand-derived recurrence (see ``lif_cpu.cpp``). An
+*implementation* supplies the two loops: :class:`TorchLoops` (eager tensor ops, any device and
+dtype) or the compiled CPU extension in :mod:`.cpu`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ..neuron import Surrogate
+
+
+class LoopImpl(Protocol):
+    def forward(self, current: torch.Tensor, decay: float, threshold: float, soft: bool,
+                save_h: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``current`` ``[T, N]`` -> (spikes ``[T, N]``, charged membrane ``[T, N]`` or None)."""
+
+    def backward(self, grad_spikes: torch.Tensor, h: torch.Tensor, decay: float, threshold: float,
+                 soft: bool, detach: bool, surrogate: Surrogate,
+                 want_decay: bool) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """-> (dL/dcurrent ``[T, N]``, dL/ddecay summed over neurons and steps)."""
+
+
+def reset_membrane(h: torch.Tensor, threshold: float, soft: bool) -> torch.Tensor:
+    s = (h >= threshold).to(h.dtype)
+    return h - threshold * s if soft else h * (1 - s)
+
+
+class TorchLoops:
+    """The two loops in eager tensor ops: a few ops per step, no autograd graph."""
+
+    def forward(self, current, decay, threshold, soft, save_h):
+        h = torch.empty(current.shape, dtype=current.dtype, device=current.device)
+        spikes = torch.empty_like(h)
+        u = torch.zeros_like(h[0])
+        for t in range(current.shape[0]):
+            ht = torch.mul(u, decay, out=h[t]).add_(current[t])  # decay * u + I, as the reference
+            s = spikes[t].copy_(ht >= threshold)
+            u = ht - threshold * s if soft else ht * (1 - s)
+        return spikes, (h if save_h else None)
+
+    def backward(self, grad_spikes, h, decay, threshold, soft, detach, surrogate, want_decay):
+        grad = torch.empty_like(h)
+        carry = torch.zeros_like(h[0])
+        grad_decay = torch.zeros((), dtype=torch.float64, device=h.device)
+        for t in reversed(range(h.shape[0])):
+            ht, gs = h[t], grad_spikes[t]
+            sg = surrogate.derivative(ht - threshold)
+            if soft:
+                gh = (gs if detach else gs - threshold * carry) * sg + carry
+            else:
+                gh = (gs if detach else gs - ht * carry) * sg + carry * (ht < threshold)
+            grad[t] = gh
+            if want_decay and t > 0:
+                grad_decay += (gh * reset_membrane(h[t - 1], threshold, soft)).sum(dtype=torch.float64)
+            carry = decay * gh
+        return grad, grad_decay
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """True when ``t``'s elements fill one gapless block of memory, in any dimension order."""
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz > 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def as_rows(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``x`` ``[T, ...]`` as ``[T, N]`` rows in its own memory order, and the strides of a
+    time-major tensor with that order (for the outputs).
+
+    The kernels are elementwise per neuron, so a channels_last activation keeps its layout, and
+    a static input broadcast over T (time stride 0) is read in place instead of copied T times.
+    """
+    T, N = x.shape[0], x[0].numel()
+    if not (_dense(x[0]) and (T == 1 or x.stride(0) in (0, N))):
+        x = x.contiguous()
+    strides = (N, *x[0].stride())
+    return x.as_strided((T, N), (x.stride(0) if T > 1 else N, 1)), strides
+
+
+class FusedLIF(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, current, decay, threshold, soft, detach, surrogate, impl):
+        rows, strides = as_rows(current)
+        save = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        spikes, h = impl.forward(rows, float(decay), threshold, soft, save)
+        if save:
+            ctx.save_for_backward(h)
+            ctx.args = (float(decay), threshold, soft, detach, surrogate, impl)
+            ctx.layout = (current.shape, strides)
+            ctx.decay_like = decay if isinstance(decay, torch.Tensor) else None
+        return spikes.as_strided(current.shape, strides)
+
+    @staticmethod
+    @once_differentiable  # the hand-derived backward is not itself differentiable
+    def backward(ctx, grad_spikes):
+        (h,) = ctx.saved_tensors
+        decay, threshold, soft, detach, surrogate, impl = ctx.args
+        shape, strides = ctx.layout
+        if grad_spikes.stride() != strides:  # bring the gradient into the spikes' memory order
+            grad_spikes = torch.empty_strided(shape, strides, dtype=h.dtype,
+                                              device=h.device).copy_(grad_spikes)
+        want_decay = ctx.needs_input_grad[1]
+        grad, grad_decay = impl.backward(grad_spikes.as_strided(h.shape, (h.shape[1], 1)), h, decay,
+                                         threshold, soft, detach, surrogate, want_decay)
+        if want_decay:
+            like = ctx.decay_like
+            grad_decay = torch.as_tensor(grad_decay, device=like.device).to(like.dtype).reshape(like.shape)
+        else:
+            grad_decay = None
+        return grad.as_strided(shape, strides), grad_decay, None, None, None, None, None
+
+
+def fused_lif(current: torch.Tensor, decay: float | torch.Tensor, threshold: float, reset: str,
+              detach_reset: bool, surrogate: Surrogate, impl: LoopImpl) -> torch.Tensor:
+    """Spikes ``[T, ...]`` of the LIF over ``current`` ``[T, ...]`` with the given loops."""
+    return FusedLIF.apply(current, decay, threshold, reset == "soft", detach_reset, surrogate, impl)

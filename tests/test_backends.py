@@ -1,0 +1,238 @@
+"""Every LIF backend against the eager reference: equal spikes, matching gradients."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # Triton kernels then run in Triton's CPU interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from spikeguide import SpikeguideError
+from spikeguide.kernels import cpu, resolve_backend
+from spikeguide.models import create_model
+from spikeguide.neuron import IF, LIF, PLIF, SURROGATES, Surrogate
+
+BACKENDS = [
+    "fused",
+    pytest.param("compiled", marks=pytest.mark.skipif(
+        not cpu.available(), reason=f"C++ extension did not build: {cpu._build()[1]}")),
+    pytest.param("triton", marks=pytest.mark.skipif(
+        importlib.util.find_spec("triton") is None, reason="triton is not installed")),
+]
+
+
+def device_for(backend: str) -> str:
+    """Triton runs on the GPU when there is one (else in the interpreter, on CPU tensors)."""
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
+def run(neuron, x, g):
+    """Spikes and gradients (input, then parameters) of ``neuron`` for upstream gradient ``g``."""
+    x = x.detach().requires_grad_()
+    s = neuron(x)
+    grads = torch.autograd.grad(s, [x, *neuron.parameters()], g)
+    return s, grads
+
+
+def assert_match(ref, new, x, g):
+    dev = device_for(new.backend)
+    ref, new, x, g = ref.to(dev), new.to(dev), x.to(dev), g.to(dev)
+    s_ref, g_ref = run(ref, x, g)
+    s_new, g_new = run(new, x, g)
+    assert torch.equal(s_ref, s_new)
+    assert s_ref.sum() > 0 and (s_ref == 0).any()  # the test exercises both branches
+    for a, b in zip(g_ref, g_new, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+def inputs(T, shape=(6, 3, 5, 5), dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, *shape, generator=gen, dtype=dtype) * 1.2 + 0.3
+    return x, torch.randn(T, *shape, generator=gen, dtype=dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reset,detach,surrogate,T", list(itertools.product(
+    ["soft", "hard"], [False, True], SURROGATES.names(), [1, 4])))
+@pytest.mark.parametrize("cls", [LIF, PLIF])
+def test_matches_reference(backend, reset, detach, surrogate, T, cls):
+    args = (0.6, 0.9, reset, detach, surrogate)
+    x, g = inputs(T)
+    assert_match(cls(*args, backend="torch"), cls(*args, backend=backend), x, g)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_if_neuron_and_float64(backend):
+    x, g = inputs(5, dtype=torch.float64)
+    assert_match(IF(reset="soft", backend="torch").double(), IF(reset="soft", backend=backend).double(), x, g)
+
+
+class Cubic(Surrogate):
+    """Not known to the C++ kernel: it must be evaluated through ``derivative``."""
+
+    def derivative(self, x):
+        return (1 - (x / self.width).abs()).clamp_min(0) ** 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_custom_surrogate(backend):
+    x, g = inputs(3)
+    for reset in ("soft", "hard"):
+        assert_match(PLIF(0.7, reset=reset, surrogate=Cubic(0.8), backend="torch"),
+                     PLIF(0.7, reset=reset, surrogate=Cubic(0.8), backend=backend), x, g)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layouts(backend):
+    """channels_last input keeps its layout; a current broadcast over T is read without a copy."""
+    x, g = inputs(4)
+    ref, new = LIF(backend="torch"), LIF(backend=backend)
+    cl = x.flatten(0, 1).to(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
+    assert_match(ref, new, cl, g)
+    assert new(cl.to(device_for(backend))).stride() == cl.stride()
+    static = x[0].expand(4, *x.shape[1:])  # what SpikingNet.encode feeds the first neuron
+    assert static.stride(0) == 0
+    assert_match(ref, new, static, g)
+    # a gradient arriving in another memory order than the spikes
+    assert_match(ref, new, cl, g.flatten(0, 1).to(memory_format=torch.channels_last).unflatten(0, g.shape[:2]))
+
+
+def test_half_precision_falls_back_to_fused():
+    x, g = inputs(3, dtype=torch.bfloat16)
+    assert resolve_backend("compiled", x) == "fused"
+    s_ref = LIF(backend="torch")(x)
+    assert torch.equal(s_ref, LIF(backend="compiled")(x))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inference_without_grad(backend):
+    x = inputs(4)[0].to(device_for(backend))
+    with torch.no_grad():
+        assert torch.equal(LIF(backend="torch")(x), LIF(backend=backend)(x))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_model_training_step_matches(backend):
+    """A whole SNN (PLIF, so decays learn too): same logits, same parameter gradients."""
+    dev = device_for(backend)
+    x = torch.randn(4, 3, 16, 16, device=dev)
+    y = torch.tensor([0, 1, 2, 3], device=dev)
+    grads = []
+    for b in ("torch", backend):
+        torch.manual_seed(0)
+        net = create_model("resnet20", width=0.125, T=3, neuron="plif",
+                           neuron_options={"backend": b, "decay": 0.6}).to(dev)
+        logits = net(x)
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        grads.append((logits.detach(), {n: p.grad for n, p in net.named_parameters()}))
+    (l_ref, g_ref), (l_new, g_new) = grads
+    assert torch.equal(l_ref, l_new)
+    assert any(n.endswith("decay_logit") for n in g_new)
+    for name in g_ref:
+        torch.testing.assert_close(g_new[name], g_ref[name], atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_backend_choice(monkeypatch):
+    x = torch.zeros(2, 3)
+    assert resolve_backend("auto", x) == ("compiled" if cpu.available() else "fused")
+    assert LIF().backend == "auto"
+    with pytest.raises(SpikeguideError, match="unknown neuron backend"):
+        LIF(backend="cuda")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(SpikeguideError, match="CUDA"):
+        LIF(backend="triton")(x)
+
+
+def test_failed_build_falls_back_with_a_warning(monkeypatch):
+    from torch.utils import cpp_extension
+
+    def fail(**kwargs):
+        raise RuntimeError("g++: not found\nError building extension 'spikeguide_lif_cpu'")
+
+    monkeypatch.setattr(cpp_extension, "load", fail)
+    cpu._build.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="did not build"):
+            assert resolve_backend("auto", torch.zeros(2, 3)) == "fused"
+        with pytest.raises(SpikeguideError, match="Error building extension"):
+            LIF(backend="compiled")(torch.zeros(2, 3))
+        assert torch.equal(LIF()(torch.ones(2, 3)), torch.ones(2, 3))  # auto still works
+    finally:
+        cpu._build.cache_clear()
+
+
+def test_pool_reuses_only_buffers_nothing_references():
+    from spikeguide.kernels.pool import MIN_BYTES, BufferPool
+
+    pool = BufferPool()
+    shape = (2, MIN_BYTES // 4)
+    a = pool.empty(shape, torch.float32)
+    a.fill_(1)
+    b = pool.empty(shape, torch.float32)
+    assert b.data_ptr() != a.data_ptr()  # a is alive: never handed out twice
+    view = a[0]
+    del a
+    assert pool.empty(shape, torch.float32).data_ptr() not in (view.data_ptr(), b.data_ptr())
+    del view, b
+    again = pool.empty(shape, torch.float32)  # now the first buffer is free
+    assert again.data_ptr() == pool._buffers[(shape[0] * shape[1], torch.float32)][0].data_ptr()
+    small = pool.empty((4,), torch.float32)
+    assert pool.held == 3 * shape[0] * shape[1] * 4 and small.numel() == 4
+    pool.clear()
+    assert pool.held == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_outputs_survive_later_calls(backend):
+    """Spikes kept by the caller are not overwritten by the next forward (buffer reuse)."""
+    lif = LIF(backend=backend)
+    x1 = inputs(4, shape=(64, 64, 64), seed=1)[0].to(device_for(backend))
+    x2 = inputs(4, shape=(64, 64, 64), seed=2)[0].to(device_for(backend))
+    s1 = lif(x1)
+    kept = s1.clone()
+    for _ in range(3):
+        lif(x2)
+    assert torch.equal(s1, kept)
+
+
+COMPILE_TRITON = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from spikeguide.kernels import triton_lif as K
+
+def ptx(fn, ptrs, scalars, constexprs):
+    sig = {**{a: "*fp32" for a in ptrs}, **scalars, **{c: "constexpr" for c in constexprs}}
+    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
+                          target=GPUTarget("cuda", 90, 32),
+                          options={"enable_fp_fusion": False}).asm["ptx"]
+
+for soft in (True, False):
+    code = ptx(K._forward, ["cur", "spk", "mem"], {"stride_t": "i32", "N": "i32", "T": "i32",
+               "decay": "fp32", "threshold": "fp32"}, {"SOFT": soft, "SAVE_H": True, "BLOCK": K.BLOCK})
+    assert "fma" not in code, "a fused multiply-add would change membrane values"
+    for sid in (-1, 0, 1, 2, 3, 4):
+        ptx(K._backward, ["grad_s", "mem", "pre", "grad_i", "partial"], {"N": "i32", "T": "i32",
+            "decay": "fp32", "threshold": "fp32", "width": "fp32"},
+            {"SOFT": soft, "DETACH": sid % 2 == 0, "SID": sid, "WANT_DECAY": True, "BLOCK": K.BLOCK})
+print("compiled")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_triton_kernels_compile_for_a_gpu_without_fma():
+    """Compile the kernels to PTX (no GPU needed), outside the interpreter this module switched
+    on: catches what the interpreter lets through, and checks that no fused multiply-add can
+    change a membrane value."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    done = subprocess.run([sys.executable, "-c", COMPILE_TRITON], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
