@@ -10,7 +10,6 @@ from typing import Any, Sequence
 
 from .errors import SpikeguideError
 
-log = logging.getLogger("spikeguide")
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -24,6 +23,19 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+def strip_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` or ``name=VALUE``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -40,8 +52,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .runner import train
 
-    cfg = load_config(args.recipe, args.set)
+    if args.nproc > 1:
+        from .distributed import launch
+
+        return launch(args.nproc, strip_option(sys.argv[1:], "--nproc"))
+    cfg = load_config(args.recipe, args.set + (["data.options.download=true"] if args.download else []))
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps)
+    if not summary["is_main"]:
+        return 0
     if summary["stopped"]:
         print(f"stopped at epoch {summary['epoch'] + 1} step {summary['step']}; checkpoint "
               f"{summary['checkpoint']}\nresume with: spikeguide train "
@@ -53,27 +71,71 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .config import apply_overrides, parse_config, to_dict
-    from .data import Augment, InMemoryLoader
-    from .metrics import evaluate
-    from .runner import build_datasets, load_model
-    from .train import resolve_device
+    from .evaluation import evaluate_run
 
-    model, cfg, _ = load_model(args.run, prefer="latest" if args.latest else "best")
-    if args.set:
-        cfg = parse_config(apply_overrides(to_dict(cfg), args.set))
-    _, test_set = build_datasets(cfg)
-    device = resolve_device(cfg.train.device)
-    loader = InMemoryLoader(test_set, cfg.data.eval_batch_size, shuffle=False, drop_last=False,
-                            device=device)
-    augment = Augment(mean=test_set.mean, std=test_set.std)
-    result = evaluate(model.to(device), loader, augment.normalize)
-    row = {"model": cfg.model.name, "spiking": model.spiking, "T": cfg.model.T if model.spiking
-           else "-", "top1 %": result["top1"]}
+    ev = evaluate_run(args.run, args.set, "latest" if args.latest else "best", args.energy_batches)
+    model, cfg, result = ev.model, ev.cfg, ev.result
+    row = {"model": cfg.model.name, "spiking": model.spiking,
+           "T": cfg.model.T if model.spiking else "-", "top1 %": result["top1"]}
     if model.num_classes > 10:
         row["top5 %"] = result["top5"]
     row["firing rate"] = result["firing_rate"] if model.spiking else "-"
     print(format_table([row]))
+    if ev.activity is not None:
+        print(f"\nactivity and energy on {ev.activity.images} test images:\n")
+        print(ev.activity.table())
+        print(f"\nfiring rate per layer: {ev.plot}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from .ablate import run_ablation
+
+    out = run_ablation(args.recipe, args.T, args.variants, args.out, args.set)
+    print((out / "ablation.md").read_text(), end="")
+    print(f"tables written to {out / 'ablation.md'} and {out / 'ablation.csv'}")
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .diagnose import FLAG_FACTOR, diagnose, layer_rows, parse_sweep, recommend, summary_rows
+
+    cfg = load_config(args.recipe, args.set)
+    widths = parse_sweep(args.sweep) if args.sweep else None
+    reports, plot = diagnose(cfg, widths, batches=args.batches, steps=args.steps, out=args.out)
+    print(f"||dLoss/d input current|| per spiking layer, mean of {args.batches} batch(es); "
+          f"! = more than {FLAG_FACTOR:g}x larger or smaller than the first layer's")
+    print(format_table(layer_rows(reports)) + "\n")
+    print(format_table(summary_rows(reports)))
+    if len(reports) > 1:
+        best = recommend(reports)
+        print(f"recommended: surrogate.width={best.width:g} (first/last {best.first_to_last:.3g}, "
+              f"loss {best.loss_start:.4f} -> {best.loss_end:.4f})" if best else
+              "no recommendation: the trial loss fell for no width (try more --steps or a lower lr)")
+    print(f"plot: {plot} (data: {plot.with_name('diagnose.json')})")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_run
+    from .report import report
+
+    summary, plots = report(args.run)
+    print(format_table([summary]))
+    try:  # activity needs the checkpoint's model and the run's test data
+        ev = evaluate_run(args.run, energy_batches=args.energy_batches)
+    except SpikeguideError as e:
+        print(f"activity and energy: skipped ({e})")
+    else:
+        if ev.activity is not None:
+            a = ev.activity
+            print(f"activity on {a.images} test images (best.pt): mean firing rate "
+                  f"{a.firing_rate:.4f}; per image {a.acs:.4g} ACs + {a.macs:.4g} MACs = "
+                  f"{a.energy_pj / 1e6:.4g} uJ, ANN twin {a.ann_energy_pj / 1e6:.4g} uJ "
+                  "(per-layer table: spikeguide eval)")
+            plots.append(ev.plot)
+    print("plots: " + ", ".join(str(p) for p in plots))
     return 0
 
 
@@ -97,13 +159,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run from its latest.pt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run")
     p.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after N steps")
+    p.add_argument("--download", action="store_true",
+                   help="fetch missing data from its official source (checksums verified)")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine (launches torchrun)")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run directory or checkpoint on its test split")
     p.add_argument("run")
     p.add_argument("--latest", action="store_true", help="use latest.pt instead of best.pt")
+    p.add_argument("--energy-batches", type=int, default=4, metavar="N",
+                   help="test batches counted for activity and energy (default: %(default)s)")
     add_set(p)
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("report", help="plot a run's curves to PNG and print its summary")
+    p.add_argument("run")
+    p.add_argument("--energy-batches", type=int, default=4, metavar="N",
+                   help="test batches counted for activity and energy (default: %(default)s)")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("diagnose", help="per-layer gradient flow and firing rates of a recipe's SNN; "
+                                        "with --sweep, a surrogate width recommendation")
+    p.add_argument("recipe")
+    p.add_argument("--sweep", default=None, metavar="KEY=V1,V2,...",
+                   help="surrogate.width=0.1,0.5,2 or surrogate.steepness=10,2,0.5 (k = 1/width)")
+    p.add_argument("--batches", type=int, default=2, help="training batches measured (default: 2)")
+    p.add_argument("--steps", type=int, default=10,
+                   help="trial-run steps per width on those batches; 0 skips it (default: 10)")
+    p.add_argument("--out", default=None,
+                   help="folder of the plot and data (default: OUT_DIR/NAME_diagnose)")
+    add_set(p)
+    p.set_defaults(fn=cmd_diagnose)
+
+    p = sub.add_parser("ablate", help="the EnOF ablation of an enof recipe: all variants, each T")
+    p.add_argument("recipe")
+    p.add_argument("--T", type=int, nargs="+", default=None, metavar="T",
+                   help="time steps, one column each (default: the recipe's model.T)")
+    p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                   help="a subset of: baseline laf repact laf_repact kd (default: all)")
+    p.add_argument("--out", default=None,
+                   help="folder of the cells and tables (default: OUT_DIR/NAME_ablation)")
+    add_set(p)
+    p.set_defaults(fn=cmd_ablate)
     return parser
 
 

@@ -41,6 +41,7 @@ class NeuronConfig:
     threshold: float = 1.0
     reset: str = "hard"  # hard | soft
     detach_reset: bool = False
+    backend: str = "auto"  # auto | torch | fused | compiled | triton (see docs/speed.md)
 
 
 @dataclass
@@ -92,6 +93,7 @@ class TrainConfig:
     amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
     grad_clip: float | None = None  # max gradient norm
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch; 0: per epoch only
+    sync_batchnorm: bool = False  # with several processes: BN statistics over the global batch
     progress: bool = True  # progress bars (only shown on a terminal)
 
 

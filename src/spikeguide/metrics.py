@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -27,14 +27,6 @@ class FiringRates:
         self.spikes: dict[str, float] = defaultdict(float)
         self.sites: dict[str, int] = defaultdict(int)  # neuron-steps seen
 
-    def rates(self) -> dict[str, float]:
-        return {name: self.spikes[name] / self.sites[name] for name in self.spikes}
-
-    def mean(self) -> float:
-        """Spikes per neuron per step over the whole network."""
-        sites = sum(self.sites.values())
-        return sum(self.spikes.values()) / sites if sites else 0.0
-
 
 @contextmanager
 def record_firing(model: nn.Module) -> Iterator[FiringRates]:
@@ -56,10 +48,12 @@ def record_firing(model: nn.Module) -> Iterator[FiringRates]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             prepare: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
-    """Top-1/top-5 accuracy (percent), mean loss and mean firing rate of ``model`` on ``batches``.
+             prepare: Callable[[torch.Tensor], torch.Tensor],
+             reduce: Callable[[list[float]], list[float]] = list) -> dict[str, Any]:
+    """Top-1/top-5 accuracy (percent), mean loss and firing rates of ``model`` on ``batches``.
 
-    ``prepare`` turns a stored batch (uint8) into the model's input (normalization).
+    ``prepare`` turns a stored batch (uint8) into the model's input (normalization); ``reduce``
+    sums a list of counts over processes when each evaluated a shard.
     """
     was_training = model.training
     model.eval()
@@ -73,5 +67,11 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
                 correct[k] += c
             n += len(y)
     model.train(was_training)
-    return {"top1": 100 * correct[1] / n, "top5": 100 * correct[5] / n, "loss": loss / n,
-            "firing_rate": firing.mean(), "layer_rates": firing.rates()}
+    layers = list(firing.spikes)
+    totals = reduce([n, loss, correct[1], correct[5]] + [firing.spikes[k] for k in layers]
+                    + [firing.sites[k] for k in layers])
+    n, loss, top1, top5 = totals[:4]
+    spikes, sites = totals[4:4 + len(layers)], totals[4 + len(layers):]
+    return {"top1": 100 * top1 / n, "top5": 100 * top5 / n, "loss": loss / n,
+            "firing_rate": sum(spikes) / sum(sites) if layers else 0.0,
+            "layer_rates": {k: s / c for k, s, c in zip(layers, spikes, sites)}}

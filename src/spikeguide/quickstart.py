@@ -1,8 +1,8 @@
 """``spikeguide quickstart``: an ANN teacher and its SNN twin on the bundled digits, no files needed.
 
 The SNN starts from the trained ANN's weights (the twins share parameter names) and is trained
-with surrogate-gradient BPTT. The configs below are ordinary recipes; ``recipes/quickstart_*.toml``
-hold the same settings for ``spikeguide train``.
+with surrogate-gradient BPTT. The configs below are ordinary recipes: each run writes its resolved
+``config.toml``, which ``spikeguide train`` accepts as it is.
 """
 
 from __future__ import annotations

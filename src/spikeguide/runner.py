@@ -11,9 +11,11 @@ import torch
 from .checkpoint import find_checkpoint, load_checkpoint
 from .config import Config, parse_config
 from .data import ArrayDataset, build_dataset
+from .distributed import barrier, init_distributed, local_device
 from .errors import SpikeguideError
 from .methods import METHODS, Method
 from .models import SpikingNet, create_model, load_twin_weights
+from .teacher import prepare_teacher, teacher_summary
 from .train import Trainer, resolve_device
 
 log = logging.getLogger("spikeguide")
@@ -37,7 +39,8 @@ def build_datasets(cfg: Config) -> tuple[ArrayDataset, ArrayDataset]:
 
 def build_model(cfg: Config, num_classes: int, in_channels: int, spiking: bool) -> SpikingNet:
     m, n, s = cfg.model, cfg.neuron, cfg.surrogate
-    neuron_options = {"threshold": n.threshold, "reset": n.reset, "detach_reset": n.detach_reset}
+    neuron_options = {"threshold": n.threshold, "reset": n.reset, "detach_reset": n.detach_reset,
+                      "backend": n.backend}
     if n.decay is not None:
         neuron_options["decay"] = n.decay
     return create_model(m.name, num_classes=num_classes, in_channels=in_channels,
@@ -60,44 +63,30 @@ def load_model(path: str, prefer: str = "best") -> tuple[SpikingNet, Config, dic
 
 def check_compatible(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     own = model.state_dict()
-    for key in own.keys() | state.keys():
-        if key not in own or key not in state:
-            raise SpikeguideError(f"{source} holds weights of another architecture "
-                                  f"({key!r} is in only one of them)")
+    unmatched = sorted(own.keys() ^ state.keys())
+    if unmatched:
+        raise SpikeguideError(f"{source} holds weights of another architecture "
+                              f"({unmatched[0]!r} is in only one of them)")
+    for key in own:
         if own[key].shape != state[key].shape:
             raise SpikeguideError(f"{source} does not fit: {key} has shape "
                                   f"{tuple(state[key].shape)}, this model needs "
                                   f"{tuple(own[key].shape)} (another width or class count?)")
 
 
-def load_teacher(cfg: Config, train_set: ArrayDataset) -> SpikingNet:
-    """The frozen ANN teacher named by ``teacher.checkpoint``: the student's ANN twin."""
-    if cfg.teacher.checkpoint is None:
-        raise SpikeguideError(f"method {cfg.method.name!r} needs a teacher: set "
-                              "teacher.checkpoint to an ANN run directory or checkpoint")
-    teacher, tcfg, _ = load_model(cfg.teacher.checkpoint)
-    if teacher.spiking:
-        raise SpikeguideError(f"teacher {cfg.teacher.checkpoint!r} is a spiking model; the "
-                              "teacher must be an ANN (method 'ann')")
-    if tcfg.model.name != cfg.model.name or teacher.num_classes != train_set.num_classes:
-        raise SpikeguideError(
-            f"teacher {cfg.teacher.checkpoint!r} is a {tcfg.model.name} with "
-            f"{teacher.num_classes} classes; the student is a {cfg.model.name} with "
-            f"{train_set.num_classes} classes"
-        )
-    return teacher
-
-
-def build_method(cfg: Config, train_set: ArrayDataset) -> Method:
+def build_method(cfg: Config, train_set: ArrayDataset,
+                 test_set: ArrayDataset | None = None) -> Method:
+    """The method and its student; a teacher is loaded (and, given ``test_set``, evaluated and
+    recorded in the run directory) when the method or ``teacher.init_student`` needs one."""
     method_cls = METHODS.get(cfg.method.name)
     student = build_model(cfg, train_set.num_classes, train_set.in_channels,
                           method_cls.spiking_student)
-    wants_teacher = method_cls.needs_teacher or cfg.teacher.init_student
-    teacher = load_teacher(cfg, train_set) if wants_teacher else None
+    guided = method_cls.teacher_needed(cfg.method.options)
+    teacher = prepare_teacher(cfg, student, test_set) if guided or cfg.teacher.init_student else None
     if cfg.teacher.init_student:
         load_twin_weights(student, teacher.state_dict())
         log.info("student initialized from teacher %s", cfg.teacher.checkpoint)
-    return method_cls(student, cfg.method.options, teacher=teacher if method_cls.needs_teacher else None,
+    return method_cls(student, cfg.method.options, teacher=teacher if guided else None,
                       label_smoothing=cfg.train.label_smoothing)
 
 
@@ -117,11 +106,23 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> None:
 
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
           max_steps: int | None = None) -> dict[str, Any]:
-    """Train the run ``cfg`` describes; returns the Trainer's summary plus the run directory."""
-    prepare_run_dir(cfg, resume, overwrite)
+    """Train the run ``cfg`` describes; returns the Trainer's summary plus the run directory.
+
+    Under torchrun every process calls this; rank 0 alone prepares the run directory.
+    """
+    device = resolve_device(cfg.train.device)
+    dist = init_distributed(device)
+    device = local_device(device, dist)
+    if dist.is_main:
+        prepare_run_dir(cfg, resume, overwrite)
+    if not dist.is_main:  # rank 0 decodes and caches the data first, the others then read it
+        barrier(dist)
     train_set, test_set = build_datasets(cfg)
-    method = build_method(cfg, train_set)
-    trainer = Trainer(cfg, method, train_set, test_set, device=resolve_device(cfg.train.device))
+    if dist.is_main:
+        barrier(dist)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights in every process and rerun
+    method = build_method(cfg, train_set, test_set)
+    trainer = Trainer(cfg, method, train_set, test_set, device=device, dist=dist)
     if resume:
         state = load_checkpoint(cfg.run_dir / "latest.pt", map_location=trainer.device)
         check_compatible(method.student, state["model"], str(cfg.run_dir / "latest.pt"))
@@ -129,4 +130,5 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         log.info("resumed %s at epoch %d step %d", cfg.run_dir, trainer.epoch, trainer.step)
     summary = trainer.fit(max_steps=max_steps)
     summary["run_dir"] = str(cfg.run_dir)
+    summary.update(teacher_summary(cfg.run_dir))
     return summary

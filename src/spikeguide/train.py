@@ -1,7 +1,8 @@
-"""The generic Trainer: loop, evaluation, mixed precision, checkpoints, metrics log, resume.
+"""The generic Trainer: loop, evaluation, mixed precision, data parallelism, checkpoints, logs.
 
-The Trainer does not know which method it runs: it calls ``method.training_step(x, y)`` and
-optimizes every trainable parameter of the method (student and the method's own modules).
+The Trainer does not know which method it runs: it calls the method (``Method.forward`` is its
+``training_step``) and optimizes every trainable parameter of the method, the student's and the
+method's own modules alike.
 
 Exact resume: the data order is a function of (seed, epoch) and the augmentation randomness of
 (seed, epoch, step), so a checkpoint that stores model, optimizer, scheduler, scaler and the
@@ -21,13 +22,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .checkpoint import save_checkpoint
 from .config import Config, OptimConfig, dump_toml, to_dict
 from .data import ArrayDataset, Augment, InMemoryLoader
 from .data.loader import mix_seed
+from .distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm
 from .errors import SpikeguideError
+from .logbook import RunLog, read_metrics
 from .methods import Method
 from .metrics import evaluate
 
@@ -67,21 +71,30 @@ class Trainer:
     """Trains ``method`` on ``train_set``, evaluating on ``test_set`` after every epoch."""
 
     def __init__(self, cfg: Config, method: Method, train_set: ArrayDataset,
-                 test_set: ArrayDataset, *, device: torch.device | None = None):
+                 test_set: ArrayDataset, *, device: torch.device, dist: DistInfo = DistInfo()):
         self.cfg = cfg
-        self.device = device or resolve_device(cfg.train.device)
-        if cfg.train.amp == "fp16" and self.device.type != "cuda":
+        self.device = device
+        self.dist = dist
+        if cfg.data.batch_size % dist.world_size:
+            raise SpikeguideError(f"data.batch_size {cfg.data.batch_size} must be divisible by "
+                                  f"the {dist.world_size} processes")
+        if cfg.train.amp == "fp16" and device.type != "cuda":
             raise SpikeguideError("train.amp = 'fp16' needs CUDA; use 'bf16' on CPU")
-        self.method = method.to(self.device)
+        if cfg.train.sync_batchnorm and dist.enabled:
+            convert_sync_batchnorm(method.student, device)
+        self.method = method.to(device)
+        self.engine = (DistributedDataParallel(method, device_ids=[device.index] if
+                                               device.type == "cuda" else None)
+                       if dist.enabled else method)
         self.run_dir = cfg.run_dir
         self.augment = Augment(**asdict(cfg.data.augment), mean=train_set.mean, std=train_set.std)
+        # every process draws the augmentation of the whole global batch and keeps its own
+        # slice, so N processes train on exactly the inputs one process would see
         self.train_loader = InMemoryLoader(train_set, cfg.data.batch_size, shuffle=True,
-                                           drop_last=True, seed=cfg.train.seed, device=self.device)
+                                           drop_last=True, seed=cfg.train.seed, device=device)
         self.test_loader = InMemoryLoader(test_set, cfg.data.eval_batch_size, shuffle=False,
-                                          drop_last=False, device=self.device)
-        if len(self.train_loader) == 0:
-            raise SpikeguideError(f"data.batch_size {cfg.data.batch_size} is larger than the "
-                                  f"training set ({len(train_set)} samples)")
+                                          drop_last=False, device=device, rank=dist.rank,
+                                          world_size=dist.world_size)
         self.data_info = {"num_classes": train_set.num_classes, "in_channels": train_set.in_channels,
                           "train": train_set.info, "test": test_set.info}
         params = [p for p in method.parameters() if p.requires_grad]
@@ -129,29 +142,12 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.global_step, self.best_top1 = state["global_step"], state["best_top1"]
         self.epoch_stats = dict(state["epoch_stats"])
-        self._truncate_metrics(self.epoch)
 
     def save(self, name: str = "latest") -> Path:
         path = self.run_dir / f"{name}.pt"
-        save_checkpoint(self.state_dict(), path)
+        if self.dist.is_main:  # every rank holds the same weights: one writes them
+            save_checkpoint(self.state_dict(), path)
         return path
-
-    # ---------------------------------------------------------------- logging
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
-
-    def _log_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def _truncate_metrics(self, epoch: int) -> None:
-        """Drop log lines of epochs the checkpoint being resumed had not completed."""
-        if self.metrics_path.exists():
-            lines = self.metrics_path.read_text().splitlines()
-            kept = [ln for ln in lines if json.loads(ln)["epoch"] <= epoch]
-            self.metrics_path.write_text("".join(ln + "\n" for ln in kept))
 
     def _write_config(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -168,16 +164,23 @@ class Trainer:
         dtype = torch.bfloat16 if self.cfg.train.amp == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> bool:
+        """One optimizer step; returns whether any process asked to stop."""
         gen = torch.Generator().manual_seed(mix_seed(self.cfg.train.seed, self.epoch, self.step))
         x = self.augment(x, gen)
+        if self.dist.enabled:
+            x = x.tensor_split(self.dist.world_size)[self.dist.rank]
+            y = y.tensor_split(self.dist.world_size)[self.dist.rank]
         with self._autocast():
-            loss, logits = self.method.training_step(x, y)
-        if not torch.isfinite(loss):
+            loss, logits = self.engine(x, y)
+        loss_sum, stop = all_reduce_sum([float(loss.detach()), self.stop_signal is not None],
+                                        self.dist)
+        if not math.isfinite(loss_sum):
             raise SpikeguideError(
-                f"the loss became {float(loss)} at epoch {self.epoch} step {self.step}; training "
-                f"stopped and the last good checkpoint in {str(self.run_dir)!r} is kept. Usual "
-                "remedies: a lower optim.lr, another surrogate.width, train.grad_clip"
+                f"the loss became {loss_sum / self.dist.world_size} at epoch {self.epoch + 1} "
+                f"step {self.step}; training stopped and the last good checkpoint in "
+                f"{str(self.run_dir)!r} is kept. Usual remedies: a lower optim.lr, another "
+                "surrogate.width, train.grad_clip"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -192,6 +195,7 @@ class Trainer:
         self.epoch_stats["seen"] += len(y)
         self.step += 1
         self.global_step += 1
+        return stop > 0
 
     @contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
@@ -211,43 +215,56 @@ class Trainer:
                 signal.signal(s, handler)
 
     def evaluate(self) -> dict[str, Any]:
-        return evaluate(self.method.student, self.test_loader, self.augment.normalize)
+        return evaluate(self.method.student, self.test_loader, self.augment.normalize,
+                        reduce=lambda values: all_reduce_sum(values, self.dist))
 
     def fit(self, max_steps: int | None = None) -> dict[str, Any]:
         """Train to ``train.epochs`` (or stop after ``max_steps`` global steps, or on a signal,
         with a checkpoint); returns a summary."""
-        self._write_config()
+        if self.dist.is_main:
+            self._write_config()
+            self.log = RunLog(self.run_dir, self.epoch, self.global_step)
         epochs, every = self.cfg.train.epochs, self.cfg.train.checkpoint_every
         start = time.time()
         last: dict[str, Any] = {}
-        with self._stop_on_signals():
-            while self.epoch < epochs:
-                self.method.train()
-                self.train_loader.set_epoch(self.epoch)
-                bar = tqdm(self.train_loader.iter_from(self.step), total=len(self.train_loader),
-                           initial=self.step, desc=f"epoch {self.epoch + 1}/{epochs}",
-                           leave=False, disable=None if self.cfg.train.progress else True)
-                for x, y in bar:
-                    self._train_step(x, y)
-                    if self.stop_signal is not None or self.global_step == max_steps:
-                        bar.close()
-                        path = self.save("latest")
-                        return {"stopped": True, "checkpoint": str(path), "epoch": self.epoch,
-                                "step": self.step, "signal": self.stop_signal}
-                    if every and self.global_step % every == 0 and self.step < len(self.train_loader):
-                        self.save("latest")
-                last = self._end_epoch(time.time() - start)
-        return {"stopped": False, "best_top1": self.best_top1, **last}
+        show = None if self.cfg.train.progress and self.dist.is_main else True
+        try:
+            with self._stop_on_signals():
+                while self.epoch < epochs:
+                    self.method.train()
+                    self.train_loader.set_epoch(self.epoch)
+                    bar = tqdm(self.train_loader.iter_from(self.step), total=len(self.train_loader),
+                               initial=self.step, desc=f"epoch {self.epoch + 1}/{epochs}",
+                               leave=False, disable=show)
+                    for x, y in bar:
+                        stop = self._train_step(x, y)
+                        if stop or self.global_step == max_steps:
+                            bar.close()
+                            path = self.save("latest")
+                            return {"stopped": True, "checkpoint": str(path), "epoch": self.epoch,
+                                    "step": self.step, "signal": self.stop_signal,
+                                    "is_main": self.dist.is_main}
+                        if every and self.global_step % every == 0 and self.step < len(self.train_loader):
+                            self.save("latest")
+                    last = self._end_epoch(time.time() - start)
+        finally:
+            if self.dist.is_main:
+                self.log.close()
+        if not last:  # resumed a run that had already finished
+            last = read_metrics(self.run_dir)[-1]
+        return {"stopped": False, "best_top1": self.best_top1, "is_main": self.dist.is_main, **last}
 
     def _end_epoch(self, elapsed: float) -> dict[str, Any]:
-        stats = self.epoch_stats
+        loss, correct, seen = all_reduce_sum(
+            [self.epoch_stats["loss"], self.epoch_stats["correct"], self.epoch_stats["seen"]],
+            self.dist)
         result = self.evaluate()
         record = {
             "epoch": self.epoch + 1,  # epochs completed
             "global_step": self.global_step,
             "lr": self.optimizer.param_groups[0]["lr"],
-            "train_loss": stats["loss"] / stats["seen"],
-            "train_top1": 100 * stats["correct"] / stats["seen"],
+            "train_loss": loss / seen,
+            "train_top1": 100 * correct / seen,
             **{f"test_{k}": v for k, v in result.items()},
             "elapsed_s": elapsed,
         }
@@ -257,7 +274,8 @@ class Trainer:
         self.epoch_stats = {"loss": 0.0, "correct": 0, "seen": 0}
         # this order keeps the log, best.pt and latest.pt consistent if killed in between:
         # a resume from the previous latest.pt redoes the epoch and rewrites both
-        self._log_metrics(record)
+        if self.dist.is_main:
+            self.log.write(record)
         if improved:
             self.save("best")
         self.save("latest")

@@ -49,6 +49,12 @@ class Method(nn.Module):
             teacher.requires_grad_(False)
             teacher.eval()
 
+    @classmethod
+    def teacher_needed(cls, options: Any) -> bool:
+        """Whether a run with these options needs the teacher (some methods only for some
+        options, e.g. ratebp with a distillation weight)."""
+        return cls.needs_teacher
+
     def train(self, mode: bool = True) -> "Method":
         super().train(mode)
         if self.teacher is not None:  # a frozen teacher keeps its BN statistics
@@ -60,6 +66,11 @@ class Method(nn.Module):
 
     def training_step(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        # the Trainer calls the method (possibly wrapped in DistributedDataParallel, which
+        # synchronizes gradients only for work done inside forward)
+        return self.training_step(x, y)
 
     def own_state_dict(self) -> dict[str, torch.Tensor]:
         """State of the method's own modules (neither student nor teacher), for checkpoints."""

@@ -1,0 +1,149 @@
+"""``spikeguide ablate``: the EnOF ablation, every variant at every T, with one shared teacher.
+
+The variants are the baseline (``enof`` with ``laf = false``, no RepAct), +LAF, +RepAct
+(``model.repact``), +LAF+RepAct, and vanilla KD (``kd`` with ``tau = laf_tau`` and
+``alpha = laf_lambda``, so that it differs from +LAF only in what is distilled: logits instead of
+features through the teacher's classifier). Everything else comes from the recipe.
+
+Cells are ordinary runs in ``OUT/<variant>_T<T>/``; a finished cell is skipped on a rerun and an
+interrupted one resumed (a cell folder holding a run of another config is an error, never
+silently reused). After every cell the tables ``OUT/ablation.md`` and ``OUT/ablation.csv`` are
+rewritten: rows are variants, columns T; a cell holds the best and the final test top-1, the
+mean firing rate of the spiking layers at the end (RepAct's ReLU is not a spiking layer) and
+the training wall time taken from the run's log.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import Config, apply_overrides, parse_config, read_toml
+from .errors import SpikeguideError
+from .logbook import read_metrics
+from .quickstart import merge
+from .teacher import ensure_trained, teacher_source, teacher_summary
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str  # the cell folder's prefix
+    label: str  # the table's row name
+    method: str
+    laf: bool = False
+    repact: bool = False
+
+    def method_table(self, laf_tau: float, laf_lambda: float) -> dict[str, Any]:
+        if self.method == "kd":
+            return {"name": "kd", "tau": laf_tau, "alpha": laf_lambda}
+        return {"name": "enof", "laf": self.laf, "laf_tau": laf_tau, "laf_lambda": laf_lambda}
+
+
+VARIANTS = {v.key: v for v in [
+    Variant("baseline", "baseline", "enof"),
+    Variant("laf", "+LAF", "enof", laf=True),
+    Variant("repact", "+RepAct", "enof", repact=True),
+    Variant("laf_repact", "+LAF+RepAct", "enof", laf=True, repact=True),
+    Variant("kd", "vanilla KD", "kd"),
+]}
+
+
+def base_config(recipe: str | Path, overrides: list[str]) -> tuple[dict, Config]:
+    """The recipe (an ``enof`` recipe) with ``overrides`` applied, raw and parsed."""
+    raw = apply_overrides(read_toml(recipe), overrides)
+    cfg = parse_config(copy.deepcopy(raw))
+    if cfg.method.name != "enof":
+        raise SpikeguideError(f"ablate takes an 'enof' recipe; {str(recipe)!r} uses method "
+                              f"{cfg.method.name!r}")
+    return raw, cfg
+
+
+def cell_config(raw: dict, base: Config, variant: Variant, T: int, out: Path,
+                teacher: str) -> Config:
+    opts = base.method.options
+    data = merge(raw, {"name": f"{variant.key}_T{T}", "out_dir": str(out),
+                       "model": {"T": T, "repact": variant.repact},
+                       "teacher": {"checkpoint": teacher}})
+    data["teacher"].pop("recipe", None)  # the shared teacher is resolved once, up front
+    data["method"] = variant.method_table(opts.laf_tau, opts.laf_lambda)
+    return parse_config(data)
+
+
+def read_cell(run_dir: Path) -> dict[str, float]:
+    """Best and final test top-1, final firing rate and training seconds from a run's log."""
+    records = read_metrics(run_dir)
+    seconds, previous = 0.0, 0.0
+    for r in records:  # elapsed_s restarts from 0 when a run is resumed
+        seconds += r["elapsed_s"] - previous if r["elapsed_s"] >= previous else r["elapsed_s"]
+        previous = r["elapsed_s"]
+    return {"best_top1": max(r["test_top1"] for r in records),
+            "final_top1": records[-1]["test_top1"],
+            "firing_rate": records[-1]["test_firing_rate"], "wall_s": seconds}
+
+
+def write_tables(out: Path, title: str, teacher: str, teacher_top1: float | None,
+                 results: dict[tuple[str, int], dict[str, float]], variants: list[Variant],
+                 Ts: list[int]) -> None:
+    fields = ["best_top1", "final_top1", "firing_rate", "wall_s"]
+    with open(out / "ablation.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["variant"] + [f"T{T}_{k}" for T in Ts for k in fields])
+        for v in variants:
+            cells = [results.get((v.key, T)) for T in Ts]
+            writer.writerow([v.label] + [round(c[k], 4) if c else ""
+                                         for c in cells for k in fields])
+    acc = "not recorded" if teacher_top1 is None else f"{teacher_top1:.2f} %"
+    lines = [f"# EnOF ablation: {title}", "",
+             f"Teacher (ANN twin, shared by every cell): `{teacher}`, test top-1 {acc}.", "",
+             "Each cell: best / final test top-1 (%), mean firing rate of the spiking layers "
+             "at the end, training wall time (s).", "",
+             "| variant | " + " | ".join(f"T={T}" for T in Ts) + " |",
+             "|---" * (len(Ts) + 1) + "|"]
+    for v in variants:
+        cells = [results.get((v.key, T)) for T in Ts]
+        lines.append(f"| {v.label} | " + " | ".join(
+            f"{c['best_top1']:.2f} / {c['final_top1']:.2f} ({c['firing_rate']:.4f}, "
+            f"{c['wall_s']:.0f} s)" if c else "not run" for c in cells) + " |")
+    (out / "ablation.md").write_text("\n".join(lines) + "\n")
+
+
+def run_ablation(recipe: str | Path, Ts: list[int] | None = None,
+                 variants: list[str] | None = None, out: str | Path | None = None,
+                 overrides: list[str] | None = None,
+                 echo: Callable[[str], None] = print) -> Path:
+    """Train (or skip, when finished) every cell; returns the folder holding the tables.
+
+    ``Ts`` defaults to the recipe's ``model.T``, ``variants`` to all of :data:`VARIANTS`,
+    ``out`` to ``OUT_DIR/NAME_ablation`` of the recipe.
+    """
+    raw, base = base_config(recipe, list(overrides or []))
+    unknown = [k for k in variants or [] if k not in VARIANTS]
+    if unknown:
+        raise SpikeguideError(f"unknown ablation variant(s) {unknown}; known: "
+                              f"{', '.join(VARIANTS)}")
+    chosen = [VARIANTS[k] for k in (variants or VARIANTS)]
+    Ts = list(Ts or [base.model.T])
+    out = Path(out) if out is not None else Path(base.out_dir) / f"{base.name}_ablation"
+    teacher = teacher_source(base)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[tuple[str, int], dict[str, float]] = {}
+    teacher_top1 = None
+    for T in Ts:
+        for v in chosen:
+            cfg = cell_config(raw, base, v, T, out, teacher)
+            echo(f"{v.label} T={T}: {cfg.run_dir}")
+            start = time.monotonic()
+            trained = ensure_trained(cfg)
+            results[(v.key, T)] = cell = read_cell(cfg.run_dir)
+            teacher_top1 = teacher_summary(cfg.run_dir).get("teacher_top1", teacher_top1)
+            status = (f"done in {time.monotonic() - start:.0f} s (setup and teacher evaluation "
+                      "included)" if trained else "finished before, skipped")
+            echo(f"{v.label} T={T}: {status}: best {cell['best_top1']:.2f}, final "
+                 f"{cell['final_top1']:.2f}, firing {cell['firing_rate']:.4f}, "
+                 f"{cell['wall_s']:.0f} s in the log")
+            write_tables(out, str(recipe), teacher, teacher_top1, results, chosen, Ts)
+    return out

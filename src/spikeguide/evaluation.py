@@ -1,0 +1,48 @@
+"""Evaluating a finished run: accuracy, firing rates, synaptic operations and energy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import find_checkpoint
+from .config import Config, apply_overrides, parse_config, to_dict
+from .data import Augment, InMemoryLoader
+from .energy import ActivityReport, activity_report, plot_firing_rates
+from .metrics import evaluate
+from .models import SpikingNet
+from .runner import build_datasets, load_model
+from .train import resolve_device
+
+
+@dataclass
+class Evaluation:
+    model: SpikingNet
+    cfg: Config
+    result: dict[str, Any]  # metrics.evaluate on the whole test split
+    activity: ActivityReport | None  # SNNs only
+    plot: Path | None  # firing rate per layer, beside the checkpoint
+
+
+def evaluate_run(path: str | Path, overrides: list[str] = (), prefer: str = "best",
+                 energy_batches: int | None = 4) -> Evaluation:
+    """Load a run's checkpoint, test it, and for an SNN count its activity and energy on the
+    first ``energy_batches`` test batches (None: all)."""
+    model, cfg, _ = load_model(path, prefer)
+    if overrides:
+        cfg = parse_config(apply_overrides(to_dict(cfg), list(overrides)))
+    _, test_set = build_datasets(cfg)
+    device = resolve_device(cfg.train.device)
+    model = model.to(device)
+    loader = InMemoryLoader(test_set, cfg.data.eval_batch_size, shuffle=False, drop_last=False,
+                            device=device)
+    normalize = Augment(mean=test_set.mean, std=test_set.std).normalize
+    result = evaluate(model, loader, normalize)
+    activity = plot = None
+    if model.spiking:
+        inputs = ((normalize(x), y) for x, y in loader)
+        activity = activity_report(model, inputs, max_batches=energy_batches)
+        plot = find_checkpoint(path, prefer).parent / "firing_rate_per_layer.png"
+        plot_firing_rates(activity, plot)
+    return Evaluation(model, cfg, result, activity, plot)

@@ -1,0 +1,41 @@
+"""``enof``: EnOF-SNN (Guo et al., NeurIPS 2024) on surrogate-gradient BPTT.
+
+loss = CE(z_SNN, y) + laf_lambda * L_AF, where L_AF (:func:`spikeguide.losses.laf_loss`) sends
+the SNN's time-averaged output feature and the frozen ANN teacher's output feature, computed on
+the same augmented batch, through the teacher's classifier and aligns the two distributions with
+a temperature-scaled KL divergence. ``laf = false`` leaves plain cross-entropy (the baseline).
+
+RepAct is a property of the model, not of the loss: it is switched by ``model.repact`` alone
+(``create_model(repact=True)``), so it works with every spiking method and cannot disagree with a
+method option. The four ablation rows are ``laf`` x ``model.repact``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..losses import LAFOptions, laf_loss
+from .base import Method, StepResult, register_method
+
+
+def laf_term(method: Method, student_feature: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``laf_lambda * L_AF`` for a method whose options inherit :class:`LAFOptions` and whose
+    teacher is the frozen ANN twin; ``student_feature`` is the SNN's time-averaged feature."""
+    with torch.no_grad():
+        teacher_feature = method.teacher.forward_features(x).feature
+    opts = method.options
+    return opts.laf_lambda * laf_loss(student_feature, teacher_feature, method.teacher.classifier,
+                                      opts.laf_tau)
+
+
+@register_method("enof")
+class EnOF(Method):
+    Options = LAFOptions
+    needs_teacher = True  # also with laf = false (the ablation baseline); bptt is that, teacherless
+
+    def training_step(self, x, y) -> StepResult:
+        out = self.student.forward_features(x)
+        loss = self.cross_entropy(out.logits, y)
+        if self.options.laf:
+            loss = loss + laf_term(self, out.feature, x)
+        return StepResult(loss, out.logits)

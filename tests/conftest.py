@@ -1,0 +1,49 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def tiny_config(tmp_path, **sections) -> dict:
+    """A run that trains in seconds: resnet20 at 1/16 width on 8x8 digits, T=2."""
+    cfg = {
+        "name": "tiny",
+        "out_dir": str(tmp_path / "runs"),
+        "model": {"name": "resnet20", "width": 0.0625, "T": 2},
+        "data": {"name": "digits", "batch_size": 64, "options": {"size": 8},
+                 "augment": {"crop_padding": 1, "flip": False}},
+        "optim": {"lr": 0.05},
+        "train": {"epochs": 2, "progress": False},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return cfg
+
+
+def write_recipe(path: Path, cfg: dict) -> Path:
+    import tomli_w
+
+    path.write_text(tomli_w.dumps(cfg))
+    return path
+
+
+def run_cli(*args, cwd=None, env=None, timeout=300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                **(env or {})}
+    return subprocess.run([sys.executable, "-m", "spikeguide", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    # bit-exact comparisons between processes need the same thread count everywhere
+    torch.set_num_threads(1)

@@ -1,0 +1,76 @@
+import pytest
+
+from conftest import tiny_config, write_recipe
+from spikeguide.cli import main, strip_option
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def finished_run(tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "r.toml", tiny_config(tmp_path, train={"epochs": 1}))
+    assert run(capsys, "train", str(recipe))[0] == 0
+    return recipe, tmp_path / "runs" / "tiny"
+
+
+def test_train_then_eval_prints_accuracy_and_firing_rate(finished_run, capsys):
+    _, run_dir = finished_run
+    code, out, _ = run(capsys, "eval", str(run_dir))
+    assert code == 0
+    header, _, row = out.splitlines()[:3]
+    assert header.split() == ["model", "spiking", "T", "top1", "%", "firing", "rate"]
+    assert row.split()[:3] == ["resnet20", "True", "2"]
+    assert 0 < float(row.split()[-1]) < 1
+    assert "the SNN uses" in out and "less energy than its ANN twin" in out
+    assert (run_dir / "firing_rate_per_layer.png").is_file()
+    code, out, _ = run(capsys, "report", str(run_dir))
+    assert code == 0 and "ANN twin" in out and "accuracy.png" in out
+
+
+def bad_cases(tmp_path):
+    layout = tmp_path / "not_a_dataset"
+    (layout / "images").mkdir(parents=True)
+    return {
+        "missing data folder": ["--set", 'data.name="cifar10"', "--set",
+                                f'data.root="{tmp_path / "nowhere"}"'],
+        "wrong dataset layout": ["--set", 'data.name="imagefolder"', "--set",
+                                 f'data.root="{layout}"'],
+        "config typo": ["--set", "train.epoch=3"],
+        "T = 0": ["--set", "model.T=0"],
+        "negative batch size": ["--set", "data.batch_size=-8"],
+        "unknown model": ["--set", 'model.name="resnet2O"'],
+    }
+
+
+@pytest.mark.parametrize("case", ["missing data folder", "wrong dataset layout", "config typo",
+                                  "T = 0", "negative batch size", "unknown model"])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, case):
+    recipe = write_recipe(tmp_path / "r.toml", tiny_config(tmp_path))
+    code, _, err = run(capsys, "train", str(recipe), *bad_cases(tmp_path)[case])
+    assert code == 2
+    assert err.startswith("spikeguide: error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_another_models_checkpoint_is_named(finished_run, capsys):
+    recipe, _ = finished_run
+    code, _, err = run(capsys, "train", str(recipe), "--resume", "--set", 'model.name="resnet19"')
+    assert code == 2 and "another architecture" in err
+    code, _, err = run(capsys, "train", str(recipe), "--resume", "--set", "model.width=0.125")
+    assert code == 2 and "has shape" in err and len(err.strip().splitlines()) == 1
+
+
+def test_corrupt_checkpoint_is_named(tmp_path, capsys):
+    bad = tmp_path / "latest.pt"
+    bad.write_bytes(b"not a checkpoint")
+    code, _, err = run(capsys, "eval", str(bad))
+    assert code == 2 and str(bad) in err
+
+
+def test_strip_option():
+    assert strip_option(["train", "r.toml", "--nproc", "2", "--resume"], "--nproc") == \
+        ["train", "r.toml", "--resume"]
+    assert strip_option(["train", "--nproc=4", "r.toml"], "--nproc") == ["train", "r.toml"]

@@ -1,0 +1,136 @@
+"""Killed, signalled and distributed runs, as separate processes."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from conftest import SRC, run_cli, state_equal, tiny_config, write_recipe
+from spikeguide.checkpoint import load_checkpoint
+from spikeguide.config import parse_config
+from spikeguide.runner import train
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def start_cli(*args):
+    env = {**os.environ, "PYTHONPATH": SRC, **ONE_THREAD}
+    return subprocess.Popen([sys.executable, "-m", "spikeguide", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path):
+    settings = dict(train={"epochs": 2, "checkpoint_every": 3})
+    reference = parse_config(tiny_config(tmp_path, name="ref", **settings))
+    train(reference)
+    recipe = write_recipe(tmp_path / "r.toml", tiny_config(tmp_path, name="killed", **settings))
+    run_dir = tmp_path / "runs" / "killed"
+    latest = run_dir / "latest.pt"
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(3):
+        before = latest.stat().st_mtime_ns if latest.exists() else 0
+        proc = start_cli("train", str(recipe), "--resume" if before else "--overwrite")
+        # start-up time varies with load: wait for fresh progress, then kill at a random moment
+        while proc.poll() is None and not (latest.exists() and latest.stat().st_mtime_ns != before):
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.wait()
+    assert kills >= 2
+    done = run_cli("train", str(recipe), "--resume", env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    assert state_equal(load_checkpoint(run_dir / "latest.pt")["model"],
+                       load_checkpoint(reference.run_dir / "latest.pt")["model"])
+
+
+KILL_DURING_SAVE = """
+import os, signal, sys
+import torch
+import spikeguide.checkpoint as ck
+saves = 0
+real_save = torch.save
+def dying_save(obj, f):
+    global saves
+    saves += 1
+    if saves == 3:  # the third checkpoint: write part of it, then die
+        f.write(b"half a checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_save(obj, f)
+ck.torch.save = dying_save
+from spikeguide.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
+    settings = dict(train={"epochs": 1, "checkpoint_every": 4})
+    reference = parse_config(tiny_config(tmp_path, name="ref", **settings))
+    train(reference)
+    recipe = write_recipe(tmp_path / "r.toml", tiny_config(tmp_path, name="killed", **settings))
+    env = {**os.environ, "PYTHONPATH": SRC, **ONE_THREAD}
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, "train", str(recipe)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    run_dir = tmp_path / "runs" / "killed"
+    assert load_checkpoint(run_dir / "latest.pt")["global_step"] == 8  # the second save survives
+    done = run_cli("train", str(recipe), "--resume", env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    assert state_equal(load_checkpoint(run_dir / "latest.pt")["model"],
+                       load_checkpoint(reference.run_dir / "latest.pt")["model"])
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml",
+                          tiny_config(tmp_path, train={"epochs": 50, "checkpoint_every": 2}))
+    proc = start_cli("train", str(recipe))
+    while proc.poll() is None and not (tmp_path / "runs" / "tiny" / "latest.pt").exists():
+        time.sleep(0.05)  # training has started
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "resume with: spikeguide train" in out and "--resume" in out
+    state = load_checkpoint(tmp_path / "runs" / "tiny" / "latest.pt")
+    assert state["global_step"] > 0
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    settings = dict(train={"epochs": 1, "sync_batchnorm": True})
+    single = parse_config(tiny_config(tmp_path, name="single", **settings))
+    train(single, max_steps=4)
+    recipe = write_recipe(tmp_path / "r.toml", tiny_config(tmp_path, name="ddp", **settings))
+    proc = run_cli("train", str(recipe), "--nproc", "2", "--max-steps", "4", env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    a = load_checkpoint(single.run_dir / "latest.pt")["model"]
+    b = load_checkpoint(tmp_path / "runs" / "ddp" / "latest.pt")["model"]
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
+    # a full epoch: one process writes the log (one line, one TensorBoard file)
+    proc = run_cli("train", str(recipe), "--nproc", "2", "--overwrite", env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = tmp_path / "runs" / "ddp"
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+    assert len(list((run_dir / "tb").iterdir())) == 1
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "config.toml", "latest.pt",
+                                                         "metrics.jsonl", "tb"]
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": Exploit()}, path)
+    proc = run_cli("eval", str(path))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("spikeguide: error: refusing to load")
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,196 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from spikeguide.errors import SpikeguideError
+from spikeguide.models import MODELS, create_model
+from spikeguide.neuron import LIF, get_surrogate, lif_multistep
+from spikeguide.ratebp import RateRecorder, rate_forward, record_neuron
+
+RULES = [("soft", True), ("soft", False), ("hard", True), ("hard", False)]
+
+
+def small(name, T, batch=4, **kw):
+    extra = dict(in_channels=2, input_size=32) if name == "vggsnn" else {}
+    model = create_model(name, T=T, width=0.125, **extra, **kw).double()
+    return model, torch.rand(batch, extra.get("in_channels", 3), 32, 32, dtype=torch.double)
+
+
+def grads(model):
+    return {n: p.grad for n, p in model.named_parameters()}
+
+
+def assert_same_grads(model, reference):
+    for name, g in grads(model).items():
+        ref = grads(reference)[name]
+        if ref is None or not ref.abs().sum():  # a PLIF decay has no gradient at T = 1 either
+            assert g is None or not g.abs().sum(), name
+            continue
+        torch.testing.assert_close(g, ref, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def ce_backward(logits, y):
+    F.cross_entropy(logits, y).backward()
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_at_one_step_the_rate_gradient_equals_autograd_through_the_spiking_dynamics(name):
+    torch.manual_seed(0)
+    model, x = small(name, T=1, neuron_options=dict(backend="torch"))
+    reference = copy.deepcopy(model)
+    y = torch.randint(0, 10, (4,))
+    ce_backward(rate_forward(model, x).logits, y)
+    ce_backward(reference(x), y)
+    assert_same_grads(model, reference)
+
+
+@pytest.mark.parametrize("reset,detach", RULES)
+@pytest.mark.parametrize("neuron,surrogate", [("lif", "atan"), ("if", "triangle"),
+                                              ("plif", "sigmoid"), ("lif", "rectangle")])
+def test_one_step_equality_holds_for_every_neuron_reset_surrogate_and_repact(neuron, surrogate,
+                                                                            reset, detach):
+    torch.manual_seed(1)
+    model, x = small("resnet19", T=1, neuron=neuron, surrogate=surrogate, repact=True,
+                     neuron_options=dict(reset=reset, detach_reset=detach, backend="torch"))
+    reference = copy.deepcopy(model)
+    y = torch.randint(0, 10, (4,))
+    ce_backward(rate_forward(model, x).logits, y)
+    ce_backward(reference(x), y)
+    assert_same_grads(model, reference)
+
+
+# One LIF neuron, decay 0.5, threshold 1, triangle surrogate g(x) = max(0, 1 - |x|), input
+# currents 0.8, 0.7, 0.3. Spikes 0, 1, 0 (rate 1/3). Step by step (a = reset gain, see the docs):
+#   t1: u = 0.8, g = 0.8, kappa = 1;  no spike: soft a = 1 - g = 0.2, hard a = 1 - s - u g = 0.36
+#   t2: u = 1.1, g = 0.9, kappa = 1 + 0.5 a1 -> 1.5 (detached), 1.1 (soft), 1.18 (hard)
+#       spike: soft a = 1 - 0.9 = 0.1, hard detached a = 0, hard a = 1 - 1 - 1.1 * 0.9 = -0.99
+#   t3: u = 0.35 (soft: 0.1 left after reset) or 0.3 (hard), g = u,
+#       kappa = 1 + 0.5 a2 kappa2 -> 1.75 (soft detached), 1.055 (soft), 1 (hard detached),
+#       1 + 0.5 * -0.99 * 1.18 = 0.4159 (hard)
+HAND = {
+    ("soft", True): (0.8 + 0.9 * 1.5 + 0.35 * 1.75) / 3,
+    ("soft", False): (0.8 + 0.9 * 1.1 + 0.35 * 1.055) / 3,
+    ("hard", True): (0.8 + 0.9 * 1.5 + 0.3 * 1.0) / 3,
+    ("hard", False): (0.8 + 0.9 * 1.18 + 0.3 * 0.4159) / 3,
+}
+
+
+@pytest.mark.parametrize("reset,detach", RULES)
+def test_eligibility_of_one_lif_layer_matches_the_hand_computed_trace(reset, detach):
+    current = torch.tensor([0.8, 0.7, 0.3], dtype=torch.double).view(3, 1)
+    spikes, counts, eligibility = record_neuron(current, 0.5, 1.0, reset, detach,
+                                                get_surrogate("triangle", 1.0))
+    assert spikes.flatten().tolist() == [0, 1, 0]
+    assert counts.item() == 1
+    assert eligibility.item() == pytest.approx(HAND[reset, detach], abs=1e-12)
+
+
+@pytest.mark.parametrize("reset,detach", RULES)
+@pytest.mark.parametrize("decay,surrogate", [(0.5, "atan"), (1.0, "triangle"), (0.8, "sigmoid")])
+def test_eligibility_is_the_surrogate_derivative_of_the_rate_for_a_constant_input_shift(
+        reset, detach, decay, surrogate):
+    torch.manual_seed(2)
+    sur = get_surrogate(surrogate)
+    current = torch.randn(6, 50, dtype=torch.double) + 0.8
+    shift = torch.zeros(50, dtype=torch.double, requires_grad=True)
+    lif_multistep(current + shift, decay, 1.0, reset, detach, sur).mean(0).sum().backward()
+    spikes, counts, eligibility = record_neuron(current, decay, 1.0, reset, detach, sur)
+    torch.testing.assert_close(eligibility, shift.grad)
+    assert torch.equal(spikes, LIF(decay, 1.0, reset, detach, sur)(current))
+    assert torch.equal(counts.double(), spikes.sum(0))
+
+
+def test_chunks_of_neurons_give_the_same_records(monkeypatch):
+    from spikeguide.ratebp import eligibility
+
+    current = torch.randn(5, 3, 7, 11) + 1
+    whole = record_neuron(current, 0.6, 1.0, "hard", False, get_surrogate("atan"))
+    monkeypatch.setattr(eligibility, "CHUNK", 10)
+    for a, b in zip(whole, record_neuron(current, 0.6, 1.0, "hard", False, get_surrogate("atan"))):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_the_rate_pass_gives_the_spiking_time_averages(name):
+    torch.manual_seed(3)
+    model, x = small(name, T=4)
+    reference = copy.deepcopy(model)
+    out = rate_forward(model, x, return_stages=True)
+    ref = reference.forward_features(x, return_stages=True)
+    torch.testing.assert_close(out.logits, ref.logits)
+    for rate, stage in zip(out.stages, ref.stages):
+        torch.testing.assert_close(rate[0], stage.mean(0))
+    for a, b in zip(model.buffers(), reference.buffers()):  # BN running stats: updated once
+        torch.testing.assert_close(a, b)
+
+
+def test_convolutions_run_step_by_step_give_the_same_spiking_pass():
+    torch.manual_seed(6)
+    model, x = small("resnet19", T=3, batch=5)  # the static encoder's 5 samples split 2, 2, 1
+    reference = copy.deepcopy(model)
+    recorder = RateRecorder(model)
+    with torch.no_grad(), recorder.recording(3):
+        out = model.forward_features(x, return_stages=True)
+    ref = reference.forward_features(x, return_stages=True)
+    assert all(torch.equal(a, b) for a, b in zip(out.stages, ref.stages))
+
+
+def test_event_frames_are_averaged_into_one_rate_step():
+    torch.manual_seed(4)
+    model = create_model("vggsnn", T=5, width=0.125, in_channels=2, input_size=32).double()
+    frames = torch.rand(3, 5, 2, 32, 32, dtype=torch.double)
+    out = rate_forward(copy.deepcopy(model), frames)
+    torch.testing.assert_close(out.logits, model(frames))
+    assert out.logits_t.shape == (1, 3, 10)
+
+
+def saved_bytes(model, x):
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        rate_forward(model, x).logits.sum().backward()
+    return total
+
+
+def test_the_backward_graph_does_not_grow_with_T():
+    torch.manual_seed(5)
+    model, x = small("resnet19", T=1)
+    one = saved_bytes(model, x)
+    model.T = 8
+    assert saved_bytes(model, x) == one
+
+
+def test_plif_decay_gets_no_gradient_from_ratebp():
+    model, x = small("resnet19", T=4, neuron="plif")
+    rate_forward(model, x).logits.sum().backward()
+    decays = [p for n, p in model.named_parameters() if n.endswith("decay_logit")]
+    assert decays and all(p.grad is None for p in decays)
+    assert model.encoder[0].weight.grad.abs().sum() > 0
+
+
+def test_forwards_are_restored_even_when_a_pass_fails():
+    model, x = small("resnet19", T=2)
+    recorder = RateRecorder(model)
+    with pytest.raises(RuntimeError):
+        with torch.no_grad(), recorder.recording(2):
+            model(x[:, :1])  # wrong channel count
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    with pytest.raises(SpikeguideError, match="more often"):
+        with recorder.replaying():
+            model(x)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_an_unknown_nonlinear_layer_is_refused():
+    model, x = small("resnet19", T=2)
+    model.stem.add_module("gelu", nn.GELU())
+    with pytest.raises(SpikeguideError, match="GELU"):
+        RateRecorder(model)

@@ -1,0 +1,20 @@
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from spikeguide.config import load_config, read_toml
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.toml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_every_recipe_parses_and_validates(path):
+    load_config(path)
+
+
+def test_recipes_write_distinct_run_directories():
+    assert len(RECIPES) > 10
+    assert not [p for p in RECIPES if "name" not in read_toml(p)], "every recipe names its run"
+    run_dirs = Counter(str(load_config(p).run_dir) for p in RECIPES)
+    assert not [d for d, c in run_dirs.items() if c > 1], "two recipes write the same run directory"

@@ -1,0 +1,31 @@
+import json
+
+import pytest
+
+from spikeguide.errors import SpikeguideError
+from spikeguide.report import report
+
+
+def test_report_summarizes_and_plots(tmp_path):
+    records = [
+        {"epoch": 1, "global_step": 10, "train_loss": 2.0, "test_loss": 1.9, "train_top1": 30.0,
+         "test_top1": 40.0, "test_firing_rate": 0.2, "elapsed_s": 30.0,
+         "test_layer_rates": {"a": 0.1, "b": 0.3}},
+        {"epoch": 2, "global_step": 20, "train_loss": 1.0, "test_loss": 1.2, "train_top1": 60.0,
+         "test_top1": 70.0, "test_firing_rate": 0.15, "elapsed_s": 60.0,
+         "test_layer_rates": {"a": 0.05, "b": 0.25}},
+        {"epoch": 3, "global_step": 30, "train_loss": 0.8, "test_loss": 1.3, "train_top1": 70.0,
+         "test_top1": 65.0, "test_firing_rate": 0.12, "elapsed_s": 90.0,
+         "test_layer_rates": {"a": 0.04, "b": 0.2}},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary, plots = report(tmp_path)
+    assert summary == {"epochs": 3, "final top1 %": 65.0, "best top1 %": 70.0, "best epoch": 2,
+                       "final firing rate": 0.12, "train minutes": 1.5}
+    assert [p.name for p in plots] == ["loss.png", "accuracy.png", "firing_rates.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+
+
+def test_report_of_a_folder_without_metrics_is_a_clear_error(tmp_path):
+    with pytest.raises(SpikeguideError, match="no metrics.jsonl"):
+        report(tmp_path)
