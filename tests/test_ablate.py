@@ -7,7 +7,7 @@ import spikeguide.runner
 from conftest import run_cli, tiny_config, write_recipe
 from spikeguide.ablate import VARIANTS, base_config, cell_config, run_ablation
 from spikeguide.checkpoint import load_checkpoint
-from spikeguide.config import load_config
+from spikeguide.config import dump_toml, load_config
 from spikeguide.errors import SpikeguideError
 
 ONE_EPOCH = {"epochs": 1, "progress": False}
@@ -86,6 +86,20 @@ def test_a_cell_of_another_config_is_never_reused(recipe, tmp_path):
     with pytest.raises(SpikeguideError, match="holds a run of another config.*optim.lr"):
         run_ablation(recipe, [1], variants=["baseline"], out=out, overrides=["optim.lr=0.01"],
                      echo=lambda s: None)
+
+
+def test_a_run_from_before_a_config_field_existed_is_the_same_config(tmp_path):
+    from spikeguide.teacher import check_same_config
+
+    cfg = load_config(write_recipe(tmp_path / "r.toml", tiny_config(tmp_path)))
+    cfg.run_dir.mkdir(parents=True)
+    old = "\n".join(ln for ln in dump_toml(cfg).splitlines() if not ln.startswith("backend"))
+    assert "backend" in dump_toml(cfg) and "backend" not in old
+    (cfg.run_dir / "config.toml").write_text(old)
+    check_same_config(cfg)  # the missing field has its default value: no error
+    cfg.neuron.backend = "torch"
+    with pytest.raises(SpikeguideError, match="another config.*neuron.backend"):
+        check_same_config(cfg)
 
 
 def test_ablate_refuses_other_methods_and_unknown_variants(tmp_path, recipe):

@@ -8,9 +8,8 @@ from typing import Any
 
 from .checkpoint import find_checkpoint
 from .config import Config, apply_overrides, parse_config, to_dict
-from .data import Augment, InMemoryLoader
 from .energy import ActivityReport, activity_report, plot_firing_rates
-from .metrics import evaluate
+from .metrics import evaluate, normalized_batches
 from .models import SpikingNet
 from .runner import build_datasets, load_model
 from .train import resolve_device
@@ -35,14 +34,11 @@ def evaluate_run(path: str | Path, overrides: list[str] = (), prefer: str = "bes
     _, test_set = build_datasets(cfg)
     device = resolve_device(cfg.train.device)
     model = model.to(device)
-    loader = InMemoryLoader(test_set, cfg.data.eval_batch_size, shuffle=False, drop_last=False,
-                            device=device)
-    normalize = Augment(mean=test_set.mean, std=test_set.std).normalize
-    result = evaluate(model, loader, normalize)
+    result = evaluate(model, normalized_batches(test_set, cfg.data.eval_batch_size, device))
     activity = plot = None
     if model.spiking:
-        inputs = ((normalize(x), y) for x, y in loader)
-        activity = activity_report(model, inputs, max_batches=energy_batches)
+        batches = normalized_batches(test_set, cfg.data.eval_batch_size, device)
+        activity = activity_report(model, batches, max_batches=energy_batches)
         plot = find_checkpoint(path, prefer).parent / "firing_rate_per_layer.png"
         plot_firing_rates(activity, plot)
     return Evaluation(model, cfg, result, activity, plot)

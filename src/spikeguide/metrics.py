@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from .data import ArrayDataset, Augment, InMemoryLoader
 from .neuron import is_spiking
 
 
@@ -46,9 +47,17 @@ def record_firing(model: nn.Module) -> Iterator[FiringRates]:
             h.remove()
 
 
+def normalized_batches(dataset: ArrayDataset, batch_size: int, device: torch.device
+                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A split's batches in order on ``device``, normalized as for evaluation."""
+    loader = InMemoryLoader(dataset, batch_size, shuffle=False, drop_last=False, device=device)
+    normalize = Augment(mean=dataset.mean, std=dataset.std).normalize
+    return ((normalize(x), y) for x, y in loader)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             prepare: Callable[[torch.Tensor], torch.Tensor],
+             prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
              reduce: Callable[[list[float]], list[float]] = list) -> dict[str, Any]:
     """Top-1/top-5 accuracy (percent), mean loss and firing rates of ``model`` on ``batches``.
 

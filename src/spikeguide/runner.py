@@ -121,7 +121,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     if dist.is_main:
         barrier(dist)
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every process and rerun
-    method = build_method(cfg, train_set, test_set)
+    # the teacher is evaluated and recorded by one process
+    method = build_method(cfg, train_set, test_set if dist.is_main else None)
     trainer = Trainer(cfg, method, train_set, test_set, device=device, dist=dist)
     if resume:
         state = load_checkpoint(cfg.run_dir / "latest.pt", map_location=trainer.device)

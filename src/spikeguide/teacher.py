@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import load_checkpoint
-from .config import Config, dump_toml, load_config, read_toml
-from .data import ArrayDataset, Augment, InMemoryLoader
+from .config import Config, dump_toml, load_config, parse_config, read_toml
+from .data import ArrayDataset
 from .errors import SpikeguideError
-from .metrics import evaluate
+from .metrics import evaluate, normalized_batches
 from .models import SpikingNet
 from .train import resolve_device
 
@@ -64,7 +64,8 @@ def check_same_config(cfg: Config) -> None:
     path = cfg.run_dir / "config.toml"
     if not path.is_file():
         return
-    stored, wanted = flatten(read_toml(path)), flatten(tomllib.loads(dump_toml(cfg)))
+    # both resolved, so a field added to the config since that run compares by its default
+    stored, wanted = (flatten(tomllib.loads(dump_toml(c))) for c in (parse_config(read_toml(path)), cfg))
     differ = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
     if differ:
         raise SpikeguideError(
@@ -151,10 +152,8 @@ def evaluate_teacher(cfg: Config, teacher: SpikingNet, source: str,
                      test_set: ArrayDataset) -> dict[str, Any]:
     """Test the teacher on the student's test split; record it in the student's run directory."""
     device = resolve_device(cfg.train.device)
-    loader = InMemoryLoader(test_set, cfg.data.eval_batch_size, shuffle=False, drop_last=False,
-                            device=device)
-    normalize = Augment(mean=test_set.mean, std=test_set.std).normalize
-    result = evaluate(teacher.to(device), loader, normalize)
+    result = evaluate(teacher.to(device),
+                      normalized_batches(test_set, cfg.data.eval_batch_size, device))
     record = {"checkpoint": source, **{k: result[k] for k in ("top1", "top5", "loss")}}
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / TEACHER_FILE).write_text(json.dumps(record, indent=1) + "\n")
