@@ -135,3 +135,20 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("spikeguide: error: refusing to load")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_hybrid_with_teacher_and_mapping_modules_trains_under_two_processes(tmp_path):
+    teacher = parse_config(tiny_config(tmp_path, name="ann", method={"name": "ann"},
+                                       train={"epochs": 1}))
+    train(teacher)
+    recipe = write_recipe(tmp_path / "r.toml", tiny_config(
+        tmp_path, name="hybrid", method={"name": "hybrid"}, train={"epochs": 1},
+        teacher={"checkpoint": str(teacher.run_dir)}))
+    proc = run_cli("train", str(recipe), "--nproc", "2", "--max-steps", "2", env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    state = load_checkpoint(tmp_path / "runs" / "hybrid" / "latest.pt")
+    mappings = {k: v for k, v in state["method"].items()
+                if k.startswith("mappings.") and k.endswith(".0.weight")}  # the 1x1 convolutions
+    assert mappings, "the mapping modules are saved with the run"
+    for weight in mappings.values():  # initialized as identity 1x1 convolutions, then trained
+        assert not torch.equal(weight[:, :, 0, 0], torch.eye(weight.shape[0]))
