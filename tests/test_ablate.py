@@ -4,7 +4,7 @@ import json
 import pytest
 
 import spikeguide.runner
-from conftest import run_cli, tiny_config, write_recipe
+from conftest import run_cli, state_equal, tiny_config, write_recipe
 from spikeguide.ablate import VARIANTS, base_config, cell_config, run_ablation
 from spikeguide.checkpoint import load_checkpoint
 from spikeguide.config import dump_toml, load_config
@@ -115,3 +115,25 @@ def test_ablate_command_line(recipe, tmp_path):
                      "--out", str(tmp_path / "abl"))
     assert result.returncode == 0, result.stderr
     assert "| vanilla KD |" in result.stdout and "ablation.csv" in result.stdout
+
+
+def cell_results(out):
+    """Every cell's accuracies and firing rate from ablation.csv (wall times differ by run)."""
+    with open(out / "ablation.csv") as f:
+        rows = list(csv.reader(f))
+    keep = [i for i, name in enumerate(rows[0]) if not name.endswith("_wall_s")]
+    return [[r[i] for i in keep] for r in rows]
+
+
+def test_cells_in_two_processes_are_the_runs_of_one(recipe, tmp_path):
+    run_ablation(recipe, [1], out=tmp_path / "one", echo=lambda s: None)
+    lines = []
+    run_ablation(recipe, [1], out=tmp_path / "two", jobs=2, echo=lines.append)
+    assert lines[0].startswith("5 cells in 2 processes of 1 thread(s) each")
+    assert sum("done in" in ln for ln in lines) == 5
+    assert cell_results(tmp_path / "two") == cell_results(tmp_path / "one")
+    for v in VARIANTS:
+        assert state_equal(load_checkpoint(tmp_path / "one" / f"{v}_T1" / "latest.pt")["model"],
+                           load_checkpoint(tmp_path / "two" / f"{v}_T1" / "latest.pt")["model"])
+    with pytest.raises(SpikeguideError, match="jobs must be at least 1"):
+        run_ablation(recipe, [1], out=tmp_path / "two", jobs=0)

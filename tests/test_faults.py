@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from conftest import SRC, run_cli, state_equal, tiny_config, write_recipe
@@ -152,3 +153,60 @@ def test_hybrid_with_teacher_and_mapping_modules_trains_under_two_processes(tmp_
     assert mappings, "the mapping modules are saved with the run"
     for weight in mappings.values():  # initialized as identity 1x1 convolutions, then trained
         assert not torch.equal(weight[:, :, 0, 0], torch.eye(weight.shape[0]))
+
+
+# rank 0 writes checkpoints slowly: a process that read the teacher's run before rank 0 finished
+# writing it would find no checkpoint (or an older one)
+SLOW_RANK0_SAVE = """
+import os
+if os.environ.get("RANK") == "0":
+    import time
+    import torch
+    real_save = torch.save
+    def slow_save(*args, **kwargs):
+        time.sleep(1.0)
+        return real_save(*args, **kwargs)
+    torch.save = slow_save
+"""
+
+
+def test_teacher_recipe_trained_first_under_two_processes(tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SLOW_RANK0_SAVE)
+    teacher_recipe = write_recipe(tmp_path / "ann.toml", tiny_config(
+        tmp_path, name="ann", method={"name": "ann"}, train={"epochs": 1}))
+    recipe = write_recipe(tmp_path / "r.toml", tiny_config(
+        tmp_path, name="kd", method={"name": "kd"}, train={"epochs": 1},
+        teacher={"recipe": str(teacher_recipe)}))
+    env = {**ONE_THREAD, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), SRC])}
+    proc = run_cli("train", str(recipe), "--nproc", "2", "--max-steps", "2", env=env)
+    assert proc.returncode == 0, proc.stderr
+    teacher = load_checkpoint(tmp_path / "runs" / "ann" / "latest.pt")
+    assert teacher["epoch"] == 1  # trained once, by both processes together
+    assert load_checkpoint(tmp_path / "runs" / "kd" / "latest.pt")["global_step"] == 2
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigterm_stops_an_ablation_and_the_same_command_resumes_it(tmp_path, jobs):
+    teacher = write_recipe(tmp_path / "ann.toml", tiny_config(
+        tmp_path, name="ann", method={"name": "ann"}, train={"epochs": 1}))
+    recipe = write_recipe(tmp_path / "enof.toml", tiny_config(
+        tmp_path, name="enof", method={"name": "enof"},
+        train={"epochs": 3, "checkpoint_every": 2}, teacher={"recipe": str(teacher)}))
+    out = tmp_path / "abl"
+    variants = ["baseline", "laf", "repact"]
+    command = ("ablate", str(recipe), "--T", "1", "--variants", *variants, "--out", str(out),
+               "--jobs", str(jobs))
+    proc = start_cli(*command)
+    while proc.poll() is None and not (out / "baseline_T1" / "latest.pt").exists():
+        time.sleep(0.05)  # the first cell is training
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped on signal 15" in err and "run the same command again" in err
+    assert load_checkpoint(out / "baseline_T1" / "latest.pt")["epoch"] < 3
+    assert not (out / f"{variants[jobs]}_T1").exists()  # no cell started after the stop
+    done = run_cli(*command, env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    for v in variants:
+        assert load_checkpoint(out / f"{v}_T1" / "latest.pt")["epoch"] == 3

@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import torch
 
 from conftest import state_equal, tiny_config
 from spikeguide.checkpoint import load_checkpoint
@@ -81,3 +82,36 @@ def test_checkpoint_holds_what_resume_needs(tmp_path):
     assert math.isfinite(state["best_top1"])
     assert (cfg.run_dir / "config.toml").read_text().startswith("# resolved config")
     assert list((cfg.run_dir / "tb").iterdir())  # TensorBoard event file
+
+
+def trainer_for(cfg):
+    from spikeguide.runner import build_datasets, build_method
+    from spikeguide.train import Trainer
+
+    train_set, test_set = build_datasets(cfg)
+    return Trainer(cfg, build_method(cfg, train_set, test_set), train_set, test_set,
+                   device=torch.device("cpu"))
+
+
+def test_channels_last_keeps_neurons_nhwc_and_trains_like_contiguous(tmp_path):
+    from spikeguide.neuron import LIF
+
+    for fmt in (False, True):
+        train(parse_config(tiny_config(tmp_path, name=f"cl{fmt}", method={"name": "ann"},
+                                       train={"epochs": 1, "channels_last": fmt})), max_steps=3)
+    a, b = (final_weights(tmp_path / "runs" / f"cl{fmt}") for fmt in (False, True))
+    for key in a:  # the same arithmetic in another memory order
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+    trainer = trainer_for(parse_config(tiny_config(tmp_path, name="snn",
+                                                   train={"channels_last": True})))
+    weights = [p for p in trainer.method.student.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    layouts = []
+    for m in trainer.method.student.modules():
+        if isinstance(m, LIF):
+            m.register_forward_hook(lambda mod, inp, out: layouts.append(
+                out.dim() != 4 or out.is_contiguous(memory_format=torch.channels_last)))
+    x, y = next(iter(trainer.train_loader))
+    trainer._train_step(x, y)
+    assert layouts and all(layouts)

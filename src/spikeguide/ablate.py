@@ -17,13 +17,22 @@ from __future__ import annotations
 
 import copy
 import csv
+import logging
+import multiprocessing
+import os
+import signal
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+import torch
 
 from .config import Config, apply_overrides, parse_config, read_toml
-from .errors import SpikeguideError
+from .errors import SpikeguideError, TrainingStopped
 from .logbook import read_metrics
 from .quickstart import merge
 from .teacher import ensure_trained, teacher_source, teacher_summary
@@ -111,39 +120,112 @@ def write_tables(out: Path, title: str, teacher: str, teacher_top1: float | None
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
 
 
+def train_cell(cfg: Config) -> tuple[bool, float]:
+    """Train (or skip) one cell; returns whether it trained and the seconds it took."""
+    start = time.monotonic()
+    trained = ensure_trained(cfg)
+    return trained, time.monotonic() - start
+
+
+_stop_event = None  # in a jobs > 1 worker: set by the main process once a signal stops the ablation
+
+
+def init_worker(threads: int, log_level: int, stop_event) -> None:
+    """A ``jobs > 1`` worker process: its share of the threads and the command's logging. It
+    ignores SIGINT/SIGTERM between cells; while a cell trains, the Trainer's own handlers
+    checkpoint and stop it (the main process forwards the signal)."""
+    global _stop_event
+    _stop_event = stop_event
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=log_level, format="%(message)s", stream=sys.stderr)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def train_cell_in_worker(cfg: Config) -> tuple[bool, float]:
+    # a cell the pool had already queued when the ablation was stopped is not started
+    if _stop_event.is_set():
+        raise TrainingStopped(f"{str(cfg.run_dir)!r} not started: the ablation was stopped",
+                              signal.SIGTERM)
+    return train_cell(cfg)
+
+
+@contextmanager
+def forward_signals_to_workers(stop_event) -> Iterator[None]:
+    """SIGINT/SIGTERM reach the workers, and the main process stops waiting for more cells."""
+
+    def forward(signum, frame):
+        stop_event.set()
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signum)
+        raise TrainingStopped(f"ablation stopped on signal {signum}; the cells in training wrote "
+                              "their checkpoints: run the same command again to resume", signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def run_ablation(recipe: str | Path, Ts: list[int] | None = None,
                  variants: list[str] | None = None, out: str | Path | None = None,
-                 overrides: list[str] | None = None,
+                 overrides: list[str] | None = None, jobs: int = 1,
                  echo: Callable[[str], None] = print) -> Path:
     """Train (or skip, when finished) every cell; returns the folder holding the tables.
 
     ``Ts`` defaults to the recipe's ``model.T``, ``variants`` to all of :data:`VARIANTS`,
-    ``out`` to ``OUT_DIR/NAME_ablation`` of the recipe.
+    ``out`` to ``OUT_DIR/NAME_ablation`` of the recipe. With ``jobs > 1`` that many worker
+    processes train cells at once (the largest T first), splitting this process's torch threads
+    between them; every cell is the same run it would be alone (seeded, own folder).
     """
     raw, base = base_config(recipe, list(overrides or []))
     unknown = [k for k in variants or [] if k not in VARIANTS]
     if unknown:
         raise SpikeguideError(f"unknown ablation variant(s) {unknown}; known: "
                               f"{', '.join(VARIANTS)}")
+    if jobs < 1:
+        raise SpikeguideError(f"jobs must be at least 1, got {jobs}")
     chosen = [VARIANTS[k] for k in (variants or VARIANTS)]
     Ts = list(Ts or [base.model.T])
     out = Path(out) if out is not None else Path(base.out_dir) / f"{base.name}_ablation"
-    teacher = teacher_source(base)
+    teacher = teacher_source(base)  # trained here, once, before any cell
     out.mkdir(parents=True, exist_ok=True)
+    cells = {(v.key, T): cell_config(raw, base, v, T, out, teacher) for T in Ts for v in chosen}
     results: dict[tuple[str, int], dict[str, float]] = {}
     teacher_top1 = None
-    for T in Ts:
-        for v in chosen:
-            cfg = cell_config(raw, base, v, T, out, teacher)
-            echo(f"{v.label} T={T}: {cfg.run_dir}")
-            start = time.monotonic()
-            trained = ensure_trained(cfg)
-            results[(v.key, T)] = cell = read_cell(cfg.run_dir)
-            teacher_top1 = teacher_summary(cfg.run_dir).get("teacher_top1", teacher_top1)
-            status = (f"done in {time.monotonic() - start:.0f} s (setup and teacher evaluation "
-                      "included)" if trained else "finished before, skipped")
-            echo(f"{v.label} T={T}: {status}: best {cell['best_top1']:.2f}, final "
-                 f"{cell['final_top1']:.2f}, firing {cell['firing_rate']:.4f}, "
-                 f"{cell['wall_s']:.0f} s in the log")
-            write_tables(out, str(recipe), teacher, teacher_top1, results, chosen, Ts)
+
+    def record(key: tuple[str, int], trained: bool, seconds: float) -> None:
+        nonlocal teacher_top1
+        run_dir, label = cells[key].run_dir, f"{VARIANTS[key[0]].label} T={key[1]}"
+        results[key] = cell = read_cell(run_dir)
+        teacher_top1 = teacher_summary(run_dir).get("teacher_top1", teacher_top1)
+        status = (f"done in {seconds:.0f} s (setup and teacher evaluation included)" if trained
+                  else "finished before, skipped")
+        echo(f"{label}: {status}: best {cell['best_top1']:.2f}, final {cell['final_top1']:.2f}, "
+             f"firing {cell['firing_rate']:.4f}, {cell['wall_s']:.0f} s in the log")
+        write_tables(out, str(recipe), teacher, teacher_top1, results, chosen, Ts)
+
+    if jobs == 1:
+        for key, cfg in cells.items():
+            echo(f"{VARIANTS[key[0]].label} T={key[1]}: {cfg.run_dir}")
+            record(key, *train_cell(cfg))
+        return out
+    threads = max(1, torch.get_num_threads() // jobs)
+    level = logging.getLogger("spikeguide").getEffectiveLevel()
+    context = multiprocessing.get_context("spawn")
+    stop_event = context.Event()
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=init_worker,
+                             initargs=(threads, level, stop_event)) as pool:
+        echo(f"{len(cells)} cells in {jobs} processes of {threads} thread(s) each, in {out}")
+        with forward_signals_to_workers(stop_event):
+            futures = {pool.submit(train_cell_in_worker, cells[key]): key
+                       for key in sorted(cells, key=lambda k: -k[1])}
+            try:
+                for future in as_completed(futures):
+                    record(futures[future], *future.result())
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # the running cells end (or stop) first
+                raise
     return out

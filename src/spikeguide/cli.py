@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import Any, Sequence
 
-from .errors import SpikeguideError
+from .errors import SpikeguideError, TrainingStopped
 
 
 
@@ -91,7 +91,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from .ablate import run_ablation
 
-    out = run_ablation(args.recipe, args.T, args.variants, args.out, args.set)
+    out = run_ablation(args.recipe, args.T, args.variants, args.out, args.set, args.jobs)
     print((out / "ablation.md").read_text(), end="")
     print(f"tables written to {out / 'ablation.md'} and {out / 'ablation.csv'}")
     return 0
@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a subset of: baseline laf repact laf_repact kd (default: all)")
     p.add_argument("--out", default=None,
                    help="folder of the cells and tables (default: OUT_DIR/NAME_ablation)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train N cells at once in N processes that share the torch threads "
+                        "(default: 1)")
     add_set(p)
     p.set_defaults(fn=cmd_ablate)
     return parser
@@ -211,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(message)s", stream=sys.stderr)
     try:
         return args.fn(args)
+    except TrainingStopped as e:
+        print(f"spikeguide: {e}", file=sys.stderr)
+        return 128 + e.signum
     except SpikeguideError as e:
         print(f"spikeguide: error: {e}", file=sys.stderr)
         return 2

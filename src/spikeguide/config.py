@@ -94,6 +94,7 @@ class TrainConfig:
     grad_clip: float | None = None  # max gradient norm
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch; 0: per epoch only
     sync_batchnorm: bool = False  # with several processes: BN statistics over the global batch
+    channels_last: bool = False  # NHWC image activations (faster convolutions; docs/speed.md)
     progress: bool = True  # progress bars (only shown on a terminal)
 
 

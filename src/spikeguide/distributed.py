@@ -60,6 +60,12 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def barrier_if_joined() -> None:
+    """A barrier where this process has joined a process group (under torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def all_reduce_sum(values: Sequence[float], info: DistInfo) -> list[float]:
     if not info.enabled:
         return list(values)

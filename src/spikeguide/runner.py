@@ -130,6 +130,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         trainer.load_state_dict(state)
         log.info("resumed %s at epoch %d step %d", cfg.run_dir, trainer.epoch, trainer.step)
     summary = trainer.fit(max_steps=max_steps)
+    # rank 0 writes the last checkpoint; no process may read the run (a teacher trained first, say)
+    # before it is there
+    barrier(dist)
     summary["run_dir"] = str(cfg.run_dir)
     summary.update(teacher_summary(cfg.run_dir))
     return summary

@@ -28,7 +28,8 @@ from typing import Any
 from .checkpoint import load_checkpoint
 from .config import Config, dump_toml, load_config, parse_config, read_toml
 from .data import ArrayDataset
-from .errors import SpikeguideError
+from .distributed import barrier_if_joined
+from .errors import SpikeguideError, TrainingStopped
 from .metrics import evaluate, normalized_batches
 from .models import SpikingNet
 from .train import resolve_device
@@ -82,13 +83,21 @@ def is_finished(cfg: Config) -> bool:
 
 def ensure_trained(cfg: Config) -> bool:
     """Train the run ``cfg`` describes unless it is finished in its run directory; an interrupted
-    run is resumed. Returns whether anything was trained."""
+    run is resumed. Returns whether anything was trained; raises :class:`TrainingStopped` when a
+    signal stops the training."""
     from .runner import train  # runner imports this module
 
+    # under torchrun every process decides alone: all must look before rank 0 starts writing
+    barrier_if_joined()
     check_same_config(cfg)
     if is_finished(cfg):
         return False
-    train(cfg, resume=(cfg.run_dir / "latest.pt").is_file())
+    summary = train(cfg, resume=(cfg.run_dir / "latest.pt").is_file())
+    if summary["stopped"]:
+        raise TrainingStopped(
+            f"training {str(cfg.run_dir)!r} stopped on signal {summary['signal']} at epoch "
+            f"{summary['epoch'] + 1} step {summary['step']}, its checkpoint written; run the same "
+            "command again to resume it", summary["signal"])
     return True
 
 

@@ -83,6 +83,10 @@ class Trainer:
         if cfg.train.sync_batchnorm and dist.enabled:
             convert_sync_batchnorm(method.student, device)
         self.method = method.to(device)
+        # NHWC weights make every convolution (the first one's input included) run and output NHWC;
+        # the neurons keep the layout
+        if cfg.train.channels_last:
+            self.method.to(memory_format=torch.channels_last)
         self.engine = (DistributedDataParallel(method, device_ids=[device.index] if
                                                device.type == "cuda" else None)
                        if dist.enabled else method)
