@@ -21,23 +21,17 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import load_checkpoint
-from .config import Config, dump_toml, load_config, parse_config, read_toml
+from .config import Config, load_config, parse_config, read_toml, to_dict
 from .data import ArrayDataset
 from .distributed import barrier_if_joined
 from .errors import SpikeguideError, TrainingStopped
 from .metrics import evaluate, normalized_batches
 from .models import SpikingNet
 from .train import resolve_device
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 log = logging.getLogger("spikeguide")
 
@@ -66,7 +60,7 @@ def check_same_config(cfg: Config) -> None:
     if not path.is_file():
         return
     # both resolved, so a field added to the config since that run compares by its default
-    stored, wanted = (flatten(tomllib.loads(dump_toml(c))) for c in (parse_config(read_toml(path)), cfg))
+    stored, wanted = (flatten(to_dict(c)) for c in (parse_config(read_toml(path)), cfg))
     differ = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
     if differ:
         raise SpikeguideError(

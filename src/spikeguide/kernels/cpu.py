@@ -54,17 +54,13 @@ def extension():
 
 
 class CppLoops:
-    """Both loops in one C++ pass each over ``[T, N]``, parallel over neurons.
+    """Both loops in one C++ pass each over ``[T, N]``, parallel over neurons; outputs come from
+    ``pool`` (a :class:`~.pool.BufferPool`)."""
 
-    Outputs come from ``pool`` (a :class:`~.pool.BufferPool`) when one is given.
-    """
-
-    def __init__(self, pool=None):
+    def __init__(self, pool):
         self.pool = pool
 
     def _empty(self, like: torch.Tensor) -> torch.Tensor:
-        if self.pool is None:
-            return torch.empty(like.shape, dtype=like.dtype)
         return self.pool.empty(tuple(like.shape), like.dtype)
 
     def forward(self, current, decay, threshold, soft, save_h):

@@ -92,10 +92,11 @@ class FusedLIF(torch.autograd.Function):
     def forward(ctx, current, decay, threshold, soft, detach, surrogate, impl):
         rows, strides = as_rows(current)
         save = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        spikes, h = impl.forward(rows, float(decay), threshold, soft, save)
+        decay_value = float(decay)  # one read (a device sync for PLIF's tensor on CUDA)
+        spikes, h = impl.forward(rows, decay_value, threshold, soft, save)
         if save:
             ctx.save_for_backward(h)
-            ctx.args = (float(decay), threshold, soft, detach, surrogate, impl)
+            ctx.args = (decay_value, threshold, soft, detach, surrogate, impl)
             ctx.layout = (current.shape, strides)
             ctx.decay_like = decay if isinstance(decay, torch.Tensor) else None
         return spikes.as_strided(current.shape, strides)

@@ -18,11 +18,11 @@ from ..losses import LAFOptions, laf_loss
 from .base import Method, StepResult, register_method
 
 
-def laf_term(method: Method, student_feature: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def laf_term(method: Method, student_feature: torch.Tensor,
+             teacher_feature: torch.Tensor) -> torch.Tensor:
     """``laf_lambda * L_AF`` for a method whose options inherit :class:`LAFOptions` and whose
-    teacher is the frozen ANN twin; ``student_feature`` is the SNN's time-averaged feature."""
-    with torch.no_grad():
-        teacher_feature = method.teacher.forward_features(x).feature
+    teacher is the frozen ANN twin; ``student_feature`` is the SNN's time-averaged feature,
+    ``teacher_feature`` the teacher's on the same batch."""
     opts = method.options
     return opts.laf_lambda * laf_loss(student_feature, teacher_feature, method.teacher.classifier,
                                       opts.laf_tau)
@@ -37,5 +37,7 @@ class EnOF(Method):
         out = self.student.forward_features(x)
         loss = self.cross_entropy(out.logits, y)
         if self.options.laf:
-            loss = loss + laf_term(self, out.feature, x)
+            with torch.no_grad():
+                teacher_feature = self.teacher.forward_features(x).feature
+            loss = loss + laf_term(self, out.feature, teacher_feature)
         return StepResult(loss, out.logits)

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SpikeguideError
-from ..losses import LAFOptions, check_distillation, kd_loss, laf_loss
+from ..losses import LAFOptions, check_distillation, kd_loss
 from ..models import ModelOutput
 from ..ratebp import rate_forward
 from .base import Method, StepResult, register_method
+from .enof import laf_term
 
 
 @dataclass
@@ -66,6 +67,5 @@ class RateBP(Method):
         if o.alpha:
             loss = loss + o.alpha * kd_loss(out.logits, target.logits, o.tau)
         if o.laf:
-            loss = loss + o.laf_lambda * laf_loss(out.feature, target.feature,
-                                                  self.teacher.classifier, o.laf_tau)
+            loss = loss + laf_term(self, out.feature, target.feature)
         return loss
