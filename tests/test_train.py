@@ -115,3 +115,16 @@ def test_channels_last_keeps_neurons_nhwc_and_trains_like_contiguous(tmp_path):
     x, y = next(iter(trainer.train_loader))
     trainer._train_step(x, y)
     assert layouts and all(layouts)
+
+
+def test_elapsed_time_in_the_log_counts_the_processes_before_a_resume(tmp_path):
+    from spikeguide.checkpoint import save_checkpoint
+
+    cfg = parse_config(tiny_config(tmp_path, train={"epochs": 1}))
+    train(cfg, max_steps=7)
+    state = load_checkpoint(cfg.run_dir / "latest.pt")
+    assert 0 < state["elapsed_s"] < 3600
+    state["elapsed_s"] = 3600.0  # as if the first process had trained for an hour
+    save_checkpoint(state, cfg.run_dir / "latest.pt")
+    train(cfg, resume=True)
+    assert read_metrics(cfg.run_dir)[-1]["elapsed_s"] > 3600

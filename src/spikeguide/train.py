@@ -117,6 +117,10 @@ class Trainer:
         self.best_top1 = -math.inf
         self.epoch_stats = {"loss": 0.0, "correct": 0, "seen": 0}
         self.stop_signal: int | None = None
+        # training seconds of earlier processes of this run (resumed) and when this fit began:
+        # the log's elapsed_s counts the whole run, not one process
+        self.elapsed_before = 0.0
+        self.fit_start = time.time()
 
     # ---------------------------------------------------------------- state
 
@@ -135,6 +139,7 @@ class Trainer:
             "global_step": self.global_step,
             "best_top1": self.best_top1,
             "epoch_stats": dict(self.epoch_stats),
+            "elapsed_s": self.elapsed(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -146,6 +151,7 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.global_step, self.best_top1 = state["global_step"], state["best_top1"]
         self.epoch_stats = dict(state["epoch_stats"])
+        self.elapsed_before = state.get("elapsed_s", 0.0)  # absent in older checkpoints
 
     def save(self, name: str = "latest") -> Path:
         path = self.run_dir / f"{name}.pt"
@@ -229,7 +235,7 @@ class Trainer:
             self._write_config()
             self.log = RunLog(self.run_dir, self.epoch, self.global_step)
         epochs, every = self.cfg.train.epochs, self.cfg.train.checkpoint_every
-        start = time.time()
+        self.fit_start = time.time()
         last: dict[str, Any] = {}
         show = None if self.cfg.train.progress and self.dist.is_main else True
         try:
@@ -250,13 +256,16 @@ class Trainer:
                                     "is_main": self.dist.is_main}
                         if every and self.global_step % every == 0 and self.step < len(self.train_loader):
                             self.save("latest")
-                    last = self._end_epoch(time.time() - start)
+                    last = self._end_epoch(self.elapsed())
         finally:
             if self.dist.is_main:
                 self.log.close()
         if not last:  # resumed a run that had already finished
             last = read_metrics(self.run_dir)[-1]
         return {"stopped": False, "best_top1": self.best_top1, "is_main": self.dist.is_main, **last}
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.fit_start
 
     def _end_epoch(self, elapsed: float) -> dict[str, Any]:
         loss, correct, seen = all_reduce_sum(
