@@ -4,8 +4,10 @@ import json
 import pytest
 
 import spikeguide.runner
+import spikeguide.teacher
 from conftest import run_cli, state_equal, tiny_config, write_recipe
-from spikeguide.ablate import VARIANTS, base_config, cell_config, run_ablation
+from spikeguide.ablate import (VARIANTS, base_config, cell_config, comparison, run_ablation,
+                               summary_cell)
 from spikeguide.checkpoint import load_checkpoint
 from spikeguide.config import dump_toml, load_config
 from spikeguide.errors import SpikeguideError
@@ -26,7 +28,8 @@ def recipe(tmp_path):
 
 def test_cells_are_the_variants_of_one_recipe(recipe, tmp_path):
     raw, base = base_config(recipe, [])
-    cells = {k: cell_config(raw, base, v, 4, tmp_path / "out", "T_DIR") for k, v in VARIANTS.items()}
+    cells = {k: cell_config(raw, base, v, 4, 7, tmp_path / "out", "T_DIR")
+             for k, v in VARIANTS.items()}
     assert {k: (c.method.name, getattr(c.method.options, "laf", None), c.model.repact)
             for k, c in cells.items()} == {
         "baseline": ("enof", False, False), "laf": ("enof", True, False),
@@ -34,7 +37,8 @@ def test_cells_are_the_variants_of_one_recipe(recipe, tmp_path):
         "kd": ("kd", None, False)}
     kd = cells["kd"].method.options
     assert (kd.tau, kd.alpha) == (2.0, 0.5)  # the KD row distills at LAF's temperature and weight
-    for c in cells.values():
+    for key, c in cells.items():
+        assert c.name == f"{key}_T4_s7" and c.train.seed == 7
         assert c.model.T == 4 and c.teacher.checkpoint == "T_DIR" and c.teacher.recipe is None
         assert c.teacher.init_student and c.data.test_subset == 100
 
@@ -43,30 +47,40 @@ def test_ablate_writes_tables_and_a_rerun_skips_finished_cells(recipe, tmp_path,
     out = tmp_path / "abl"
     # an interrupted cell is resumed, not restarted
     raw, base = base_config(recipe, [])
-    interrupted = cell_config(raw, base, VARIANTS["laf"], 1, out, str(tmp_path / "runs" / "ann"))
+    interrupted = cell_config(raw, base, VARIANTS["laf"], 1, 0, out,
+                              str(tmp_path / "runs" / "ann"))
     spikeguide.runner.train(load_config(tmp_path / "ann.toml"))
     spikeguide.runner.train(interrupted, max_steps=1)
 
     calls, real_train = {}, spikeguide.runner.train
+    evaluations, real_evaluate = [], spikeguide.teacher.evaluate
 
     def recording_train(cfg, **kwargs):
         calls[cfg.name] = kwargs.get("resume", False)
         return real_train(cfg, **kwargs)
 
+    def counting_evaluate(*args, **kwargs):
+        evaluations.append(1)
+        return real_evaluate(*args, **kwargs)
+
     monkeypatch.setattr(spikeguide.runner, "train", recording_train)
+    monkeypatch.setattr(spikeguide.teacher, "evaluate", counting_evaluate)
     run_ablation(recipe, [1, 2], out=out, echo=lambda s: None)
-    assert calls == {f"{k}_T{T}": k == "laf" and T == 1 for k in VARIANTS for T in (1, 2)}
+    assert calls == {f"{k}_T{T}_s0": k == "laf" and T == 1 for k in VARIANTS for T in (1, 2)}
+    assert len(evaluations) == 1  # the teacher is evaluated once, not once per cell
     assert load_checkpoint(interrupted.run_dir / "latest.pt")["epoch"] == 1
-    teachers = {json.loads((out / f"{k}_T{T}" / "teacher.json").read_text())["checkpoint"]
-                for k in VARIANTS for T in (1, 2)}
-    assert teachers == {str(tmp_path / "runs" / "ann")}  # one shared teacher
+    records = {(out / f"{k}_T{T}_s0" / "teacher.json").read_text() for k in VARIANTS
+               for T in (1, 2) if (k, T) != ("laf", 1)}
+    assert len(records) == 1  # one shared teacher, one record
+    assert json.loads(records.pop())["checkpoint"] == str(tmp_path / "runs" / "ann")
     rows = list(csv.reader(open(out / "ablation.csv")))
-    assert rows[0][:5] == ["variant", "T1_best_top1", "T1_final_top1", "T1_firing_rate",
-                           "T1_wall_s"]
-    assert [r[0] for r in rows[1:]] == [v.label for v in VARIANTS.values()]
+    assert rows[0] == ["variant", "T", "seed", "best_top1", "final_top1", "firing_rate", "wall_s"]
+    assert [r[:3] for r in rows[1:]] == [[v.label, str(T), "0"] for v in VARIANTS.values()
+                                         for T in (1, 2)]
     assert all(cell != "" for r in rows[1:] for cell in r)
     table = (out / "ablation.md").read_text()
     assert "| +LAF+RepAct |" in table and "| T=1 | T=2 |" in table and "not run" not in table
+    assert "| +LAF vs vanilla KD |" in table and "one seed: spread unknown" in table
     before = {p: p.stat().st_mtime_ns for p in out.rglob("latest.pt")}
 
     def no_training(*args, **kwargs):
@@ -121,8 +135,7 @@ def cell_results(out):
     """Every cell's accuracies and firing rate from ablation.csv (wall times differ by run)."""
     with open(out / "ablation.csv") as f:
         rows = list(csv.reader(f))
-    keep = [i for i, name in enumerate(rows[0]) if not name.endswith("_wall_s")]
-    return [[r[i] for i in keep] for r in rows]
+    return sorted(r[:-1] for r in rows)
 
 
 def test_cells_in_two_processes_are_the_runs_of_one(recipe, tmp_path):
@@ -133,7 +146,31 @@ def test_cells_in_two_processes_are_the_runs_of_one(recipe, tmp_path):
     assert sum("done in" in ln for ln in lines) == 5
     assert cell_results(tmp_path / "two") == cell_results(tmp_path / "one")
     for v in VARIANTS:
-        assert state_equal(load_checkpoint(tmp_path / "one" / f"{v}_T1" / "latest.pt")["model"],
-                           load_checkpoint(tmp_path / "two" / f"{v}_T1" / "latest.pt")["model"])
+        assert state_equal(load_checkpoint(tmp_path / "one" / f"{v}_T1_s0" / "latest.pt")["model"],
+                           load_checkpoint(tmp_path / "two" / f"{v}_T1_s0" / "latest.pt")["model"])
     with pytest.raises(SpikeguideError, match="jobs must be at least 1"):
         run_ablation(recipe, [1], out=tmp_path / "two", jobs=0)
+
+
+def test_seeds_give_mean_and_spread_and_mark_differences_within_it(recipe, tmp_path):
+    out = run_ablation(recipe, [1], variants=["baseline", "laf"], seeds=[0, 1],
+                       out=tmp_path / "abl", echo=lambda s: None)
+    rows = list(csv.reader(open(out / "ablation.csv")))[1:]
+    assert sorted((r[0], r[2]) for r in rows) == [("+LAF", "0"), ("+LAF", "1"),
+                                                  ("baseline", "0"), ("baseline", "1")]
+    finals = {(r[0], r[2]): float(r[4]) for r in rows}
+    a, b = [finals["baseline", s] for s in "01"], [finals["+LAF", s] for s in "01"]
+    table = (out / "ablation.md").read_text()
+    assert f"| baseline | {summary_cell(a)} |" in table
+    assert f"| +LAF vs baseline | {comparison(b, a)} |" in table
+    first = load_checkpoint(out / "baseline_T1_s0" / "latest.pt")["model"]
+    assert not state_equal(first, load_checkpoint(out / "baseline_T1_s1" / "latest.pt")["model"])
+
+
+def test_a_difference_smaller_than_the_spread_is_not_established():
+    assert summary_cell([60.0, 62.0]) == "61.00 +- 1.41 [60.00, 62.00]"
+    assert summary_cell([60.0]) == "60.00"
+    # means 61 and 62, standard deviations 1.41 and 0: 1.00 < 1.41
+    assert comparison([62.0, 62.0], [60.0, 62.0]) == "+1.00 (not established: spread 1.41)"
+    assert comparison([65.0, 64.0], [60.0, 62.0]) == "+3.50"  # 3.50 > 1.41 + 0.71
+    assert comparison([65.0], [60.0, 62.0]) == "+4.00 (one seed: spread unknown)"

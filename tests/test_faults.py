@@ -198,15 +198,15 @@ def test_sigterm_stops_an_ablation_and_the_same_command_resumes_it(tmp_path, job
     command = ("ablate", str(recipe), "--T", "1", "--variants", *variants, "--out", str(out),
                "--jobs", str(jobs))
     proc = start_cli(*command)
-    while proc.poll() is None and not (out / "baseline_T1" / "latest.pt").exists():
+    while proc.poll() is None and not (out / "baseline_T1_s0" / "latest.pt").exists():
         time.sleep(0.05)  # the first cell is training
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "stopped on signal 15" in err and "run the same command again" in err
-    assert load_checkpoint(out / "baseline_T1" / "latest.pt")["epoch"] < 3
-    assert not (out / f"{variants[jobs]}_T1").exists()  # no cell started after the stop
+    assert load_checkpoint(out / "baseline_T1_s0" / "latest.pt")["epoch"] < 3
+    assert not (out / f"{variants[jobs]}_T1_s0").exists()  # no cell started after the stop
     done = run_cli(*command, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr
     for v in variants:
-        assert load_checkpoint(out / f"{v}_T1" / "latest.pt")["epoch"] == 3
+        assert load_checkpoint(out / f"{v}_T1_s0" / "latest.pt")["epoch"] == 3

@@ -5,12 +5,17 @@ The variants are the baseline (``enof`` with ``laf = false``, no RepAct), +LAF, 
 ``alpha = laf_lambda``, so that it differs from +LAF only in what is distilled: logits instead of
 features through the teacher's classifier). Everything else comes from the recipe.
 
-Cells are ordinary runs in ``OUT/<variant>_T<T>/``; a finished cell is skipped on a rerun and an
+Cells are ordinary runs in ``OUT/<variant>_T<T>_s<seed>/``, one per variant, T and seed (the
+seeds default to the recipe's ``train.seed``); a finished cell is skipped on a rerun and an
 interrupted one resumed (a cell folder holding a run of another config is an error, never
-silently reused). After every cell the tables ``OUT/ablation.md`` and ``OUT/ablation.csv`` are
-rewritten: rows are variants, columns T; a cell holds the best and the final test top-1, the
-mean firing rate of the spiking layers at the end (RepAct's ReLU is not a spiking layer) and
-the training wall time taken from the run's log.
+silently reused). The teacher is trained (if needed) and evaluated once per ablation, not once
+per cell. After every cell the tables ``OUT/ablation.md`` and ``OUT/ablation.csv`` are
+rewritten: the markdown gives, per variant and T, the mean +- standard deviation of the final
+test top-1 over the seeds with the per-seed values, the differences between variants (marked
+"not established" where a difference is smaller than the two variants' spread, the sum of their
+standard deviations), and every cell's best and final top-1, firing rate of the spiking layers
+at the end (RepAct's ReLU is not a spiking layer) and training wall time from the run's log. The
+CSV has one row per cell.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -35,7 +41,8 @@ from .config import Config, apply_overrides, parse_config, read_toml
 from .errors import SpikeguideError, TrainingStopped
 from .logbook import read_metrics
 from .quickstart import merge
-from .teacher import ensure_trained, teacher_source, teacher_summary
+from .runner import build_test_set, load_model
+from .teacher import ensure_trained, evaluate_teacher, teacher_source
 
 
 @dataclass(frozen=True)
@@ -71,11 +78,12 @@ def base_config(recipe: str | Path, overrides: list[str]) -> tuple[dict, Config]
     return raw, cfg
 
 
-def cell_config(raw: dict, base: Config, variant: Variant, T: int, out: Path,
+def cell_config(raw: dict, base: Config, variant: Variant, T: int, seed: int, out: Path,
                 teacher: str) -> Config:
     opts = base.method.options
-    data = merge(raw, {"name": f"{variant.key}_T{T}", "out_dir": str(out),
+    data = merge(raw, {"name": f"{variant.key}_T{T}_s{seed}", "out_dir": str(out),
                        "model": {"T": T, "repact": variant.repact},
+                       "train": {"seed": seed},
                        "teacher": {"checkpoint": teacher}})
     data["teacher"].pop("recipe", None)  # the shared teacher is resolved once, up front
     data["method"] = variant.method_table(opts.laf_tau, opts.laf_lambda)
@@ -91,36 +99,94 @@ def read_cell(run_dir: Path) -> dict[str, float]:
             "wall_s": records[-1]["elapsed_s"]}  # counts every process of a resumed run
 
 
+CellKey = tuple[str, int, int]  # (variant key, T, seed)
+
+
+def spread(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summary_cell(values: list[float]) -> str:
+    mean, std = spread(values)
+    seeds = ", ".join(f"{v:.2f}" for v in values)
+    return f"{mean:.2f}" + (f" +- {std:.2f} [{seeds}]" if std is not None else "")
+
+
+def comparison(a: list[float], b: list[float]) -> str:
+    """``a - b`` in mean, and whether the difference exceeds the two variants' spread."""
+    (ma, sa), (mb, sb) = spread(a), spread(b)
+    diff = f"{ma - mb:+.2f}"
+    if sa is None or sb is None:
+        return f"{diff} (one seed: spread unknown)"
+    established = abs(ma - mb) > sa + sb
+    return diff + ("" if established else f" (not established: spread {sa + sb:.2f})")
+
+
+def comparisons(variants: list[Variant]) -> list[tuple[Variant, Variant]]:
+    """Every variant against the baseline, and +LAF against vanilla KD (the paper's claim)."""
+    keys = {v.key: v for v in variants}
+    pairs = [(v, keys["baseline"]) for v in variants if v.key != "baseline" and "baseline" in keys]
+    if "laf" in keys and "kd" in keys:
+        pairs.append((keys["laf"], keys["kd"]))
+    return pairs
+
+
 def write_tables(out: Path, title: str, teacher: str, teacher_top1: float | None,
-                 results: dict[tuple[str, int], dict[str, float]], variants: list[Variant],
-                 Ts: list[int]) -> None:
+                 results: dict[CellKey, dict[str, float]], variants: list[Variant],
+                 Ts: list[int], seeds: list[int]) -> None:
     fields = ["best_top1", "final_top1", "firing_rate", "wall_s"]
+    done = [(v, T, s) for v in variants for T in Ts for s in seeds if (v.key, T, s) in results]
     with open(out / "ablation.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["variant"] + [f"T{T}_{k}" for T in Ts for k in fields])
-        for v in variants:
-            cells = [results.get((v.key, T)) for T in Ts]
-            writer.writerow([v.label] + [round(c[k], 4) if c else ""
-                                         for c in cells for k in fields])
+        writer.writerow(["variant", "T", "seed"] + fields)
+        for v, T, s in done:
+            writer.writerow([v.label, T, s] + [round(results[v.key, T, s][k], 4) for k in fields])
+
+    def finals(v: Variant, T: int) -> list[float]:
+        return [results[v.key, T, s]["final_top1"] for s in seeds if (v.key, T, s) in results]
+
     acc = "not recorded" if teacher_top1 is None else f"{teacher_top1:.2f} %"
+    header = "| variant | " + " | ".join(f"T={T}" for T in Ts) + " |"
+    rule = "|---" * (len(Ts) + 1) + "|"
     lines = [f"# EnOF ablation: {title}", "",
              f"Teacher (ANN twin, shared by every cell): `{teacher}`, test top-1 {acc}.", "",
-             "Each cell: best / final test top-1 (%), mean firing rate of the spiking layers "
-             "at the end, training wall time (s).", "",
-             "| variant | " + " | ".join(f"T={T}" for T in Ts) + " |",
-             "|---" * (len(Ts) + 1) + "|"]
+             f"Final test top-1 (%) over seeds {', '.join(map(str, seeds))}: mean +- sample "
+             "standard deviation [per-seed values]; cells still to train show fewer seeds.", "",
+             header, rule]
     for v in variants:
-        cells = [results.get((v.key, T)) for T in Ts]
         lines.append(f"| {v.label} | " + " | ".join(
-            f"{c['best_top1']:.2f} / {c['final_top1']:.2f} ({c['firing_rate']:.4f}, "
-            f"{c['wall_s']:.0f} s)" if c else "not run" for c in cells) + " |")
+            summary_cell(finals(v, T)) if finals(v, T) else "not run" for T in Ts) + " |")
+    pairs = comparisons(variants)
+    if pairs:
+        lines += ["", "Differences in mean final top-1 (percentage points); a difference smaller "
+                  "than the sum of the two standard deviations is not established.", "",
+                  header.replace("variant", "comparison"), rule]
+        for a, b in pairs:
+            lines.append(f"| {a.label} vs {b.label} | " + " | ".join(
+                comparison(finals(a, T), finals(b, T)) if finals(a, T) and finals(b, T) else "-"
+                for T in Ts) + " |")
+    lines += ["", "Every cell: best / final test top-1 (%), mean firing rate of the spiking layers "
+              "at the end, training wall time (s).", "",
+              "| variant | T | seed | best / final | firing rate | wall time |", "|---" * 6 + "|"]
+    for v, T, s in done:
+        c = results[v.key, T, s]
+        lines.append(f"| {v.label} | {T} | {s} | {c['best_top1']:.2f} / {c['final_top1']:.2f} | "
+                     f"{c['firing_rate']:.4f} | {c['wall_s']:.0f} s |")
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
 
 
-def train_cell(cfg: Config) -> tuple[bool, float]:
+def shared_teacher(base: Config, source: str) -> dict[str, Any]:
+    """The teacher's test record, evaluated once for every cell of the ablation."""
+    teacher, _, _ = load_model(source)
+    return evaluate_teacher(base, teacher, source, build_test_set(base))
+
+
+def train_cell(cfg: Config, teacher_record: dict[str, Any]) -> tuple[bool, float]:
     """Train (or skip) one cell; returns whether it trained and the seconds it took."""
     start = time.monotonic()
-    trained = ensure_trained(cfg)
+    trained = ensure_trained(cfg, teacher_record=teacher_record)
     return trained, time.monotonic() - start
 
 
@@ -139,12 +205,12 @@ def init_worker(threads: int, log_level: int, stop_event) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def train_cell_in_worker(cfg: Config) -> tuple[bool, float]:
+def train_cell_in_worker(cfg: Config, teacher_record: dict[str, Any]) -> tuple[bool, float]:
     # a cell the pool had already queued when the ablation was stopped is not started
     if _stop_event.is_set():
         raise TrainingStopped(f"{str(cfg.run_dir)!r} not started: the ablation was stopped",
                               signal.SIGTERM)
-    return train_cell(cfg)
+    return train_cell(cfg, teacher_record)
 
 
 @contextmanager
@@ -169,13 +235,15 @@ def forward_signals_to_workers(stop_event) -> Iterator[None]:
 def run_ablation(recipe: str | Path, Ts: list[int] | None = None,
                  variants: list[str] | None = None, out: str | Path | None = None,
                  overrides: list[str] | None = None, jobs: int = 1,
+                 seeds: list[int] | None = None,
                  echo: Callable[[str], None] = print) -> Path:
     """Train (or skip, when finished) every cell; returns the folder holding the tables.
 
     ``Ts`` defaults to the recipe's ``model.T``, ``variants`` to all of :data:`VARIANTS`,
-    ``out`` to ``OUT_DIR/NAME_ablation`` of the recipe. With ``jobs > 1`` that many worker
-    processes train cells at once (the largest T first), splitting this process's torch threads
-    between them; every cell is the same run it would be alone (seeded, own folder).
+    ``seeds`` to the recipe's ``train.seed``, ``out`` to ``OUT_DIR/NAME_ablation`` of the
+    recipe. With ``jobs > 1`` that many worker processes train cells at once (the largest T
+    first), splitting this process's torch threads between them; every cell is the same run it
+    would be alone (seeded, own folder).
     """
     raw, base = base_config(recipe, list(overrides or []))
     unknown = [k for k in variants or [] if k not in VARIANTS]
@@ -186,28 +254,30 @@ def run_ablation(recipe: str | Path, Ts: list[int] | None = None,
         raise SpikeguideError(f"jobs must be at least 1, got {jobs}")
     chosen = [VARIANTS[k] for k in (variants or VARIANTS)]
     Ts = list(Ts or [base.model.T])
+    seeds = list(dict.fromkeys(seeds)) if seeds else [base.train.seed]
     out = Path(out) if out is not None else Path(base.out_dir) / f"{base.name}_ablation"
     teacher = teacher_source(base)  # trained here, once, before any cell
     out.mkdir(parents=True, exist_ok=True)
-    cells = {(v.key, T): cell_config(raw, base, v, T, out, teacher) for T in Ts for v in chosen}
-    results: dict[tuple[str, int], dict[str, float]] = {}
-    teacher_top1 = None
+    teacher_record = shared_teacher(base, teacher)
+    cells = {(v.key, T, s): cell_config(raw, base, v, T, s, out, teacher)
+             for T in Ts for s in seeds for v in chosen}
+    results: dict[CellKey, dict[str, float]] = {}
 
-    def record(key: tuple[str, int], trained: bool, seconds: float) -> None:
-        nonlocal teacher_top1
-        run_dir, label = cells[key].run_dir, f"{VARIANTS[key[0]].label} T={key[1]}"
-        results[key] = cell = read_cell(run_dir)
-        teacher_top1 = teacher_summary(run_dir).get("teacher_top1", teacher_top1)
-        status = (f"done in {seconds:.0f} s (setup and teacher evaluation included)" if trained
-                  else "finished before, skipped")
-        echo(f"{label}: {status}: best {cell['best_top1']:.2f}, final {cell['final_top1']:.2f}, "
-             f"firing {cell['firing_rate']:.4f}, {cell['wall_s']:.0f} s in the log")
-        write_tables(out, str(recipe), teacher, teacher_top1, results, chosen, Ts)
+    def label(key: CellKey) -> str:
+        return f"{VARIANTS[key[0]].label} T={key[1]} seed {key[2]}"
+
+    def record(key: CellKey, trained: bool, seconds: float) -> None:
+        results[key] = cell = read_cell(cells[key].run_dir)
+        status = f"done in {seconds:.0f} s (setup included)" if trained else "finished before, skipped"
+        echo(f"{label(key)}: {status}: best {cell['best_top1']:.2f}, final "
+             f"{cell['final_top1']:.2f}, firing {cell['firing_rate']:.4f}, "
+             f"{cell['wall_s']:.0f} s in the log")
+        write_tables(out, str(recipe), teacher, teacher_record["top1"], results, chosen, Ts, seeds)
 
     if jobs == 1:
         for key, cfg in cells.items():
-            echo(f"{VARIANTS[key[0]].label} T={key[1]}: {cfg.run_dir}")
-            record(key, *train_cell(cfg))
+            echo(f"{label(key)}: {cfg.run_dir}")
+            record(key, *train_cell(cfg, teacher_record))
         return out
     threads = max(1, torch.get_num_threads() // jobs)
     level = logging.getLogger("spikeguide").getEffectiveLevel()
@@ -217,7 +287,7 @@ def run_ablation(recipe: str | Path, Ts: list[int] | None = None,
                              initargs=(threads, level, stop_event)) as pool:
         echo(f"{len(cells)} cells in {jobs} processes of {threads} thread(s) each, in {out}")
         with forward_signals_to_workers(stop_event):
-            futures = {pool.submit(train_cell_in_worker, cells[key]): key
+            futures = {pool.submit(train_cell_in_worker, cells[key], teacher_record): key
                        for key in sorted(cells, key=lambda k: -k[1])}
             try:
                 for future in as_completed(futures):

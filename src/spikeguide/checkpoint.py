@@ -47,10 +47,13 @@ def find_checkpoint(path: str | Path, prefer: str = "best") -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint's contents; ``mmap=True`` maps the tensors instead of reading them (cheap
+    when only the plain data, e.g. the epoch, is needed)."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise SpikeguideError(
             f"refusing to load {str(path)!r}: it holds objects other than tensors and plain data, "

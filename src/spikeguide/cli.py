@@ -91,7 +91,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from .ablate import run_ablation
 
-    out = run_ablation(args.recipe, args.T, args.variants, args.out, args.set, args.jobs)
+    out = run_ablation(args.recipe, args.T, args.variants, args.out, args.set, args.jobs,
+                       args.seeds)
     print((out / "ablation.md").read_text(), end="")
     print(f"tables written to {out / 'ablation.md'} and {out / 'ablation.csv'}")
     return 0
@@ -196,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("--T", type=int, nargs="+", default=None, metavar="T",
                    help="time steps, one column each (default: the recipe's model.T)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="train every cell with each seed; tables give mean +- std "
+                        "(default: the recipe's train.seed)")
     p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
                    help="a subset of: baseline laf repact laf_repact kd (default: all)")
     p.add_argument("--out", default=None,

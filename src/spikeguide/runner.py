@@ -21,14 +21,18 @@ from .train import Trainer, resolve_device
 log = logging.getLogger("spikeguide")
 
 
+def build_test_set(cfg: Config) -> ArrayDataset:
+    d = cfg.data
+    test = build_dataset(d.name, d.root, "test", **d.options)
+    return test.subset(d.test_subset, seed=cfg.train.seed) if d.test_subset else test
+
+
 def build_datasets(cfg: Config) -> tuple[ArrayDataset, ArrayDataset]:
     d = cfg.data
     train = build_dataset(d.name, d.root, "train", **d.options)
-    test = build_dataset(d.name, d.root, "test", **d.options)
+    test = build_test_set(cfg)
     if d.train_subset:
         train = train.subset(d.train_subset, seed=cfg.train.seed)
-    if d.test_subset:
-        test = test.subset(d.test_subset, seed=cfg.train.seed)
     if train.is_temporal and train.x.shape[1] != cfg.model.T:
         raise SpikeguideError(
             f"model.T is {cfg.model.T} but the event data has {train.x.shape[1]} frames a sample; "
@@ -74,15 +78,16 @@ def check_compatible(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
                                   f"{tuple(own[key].shape)} (another width or class count?)")
 
 
-def build_method(cfg: Config, train_set: ArrayDataset,
-                 test_set: ArrayDataset | None = None) -> Method:
-    """The method and its student; a teacher is loaded (and, given ``test_set``, evaluated and
-    recorded in the run directory) when the method or ``teacher.init_student`` needs one."""
+def build_method(cfg: Config, train_set: ArrayDataset, test_set: ArrayDataset | None = None,
+                 teacher_record: dict[str, Any] | None = None) -> Method:
+    """The method and its student; a teacher is loaded when the method or
+    ``teacher.init_student`` needs one, and its test record (``teacher_record``, or evaluated on
+    ``test_set`` when given) is written to the run directory."""
     method_cls = METHODS.get(cfg.method.name)
     student = build_model(cfg, train_set.num_classes, train_set.in_channels,
                           method_cls.spiking_student)
     guided = method_cls.teacher_needed(cfg.method.options)
-    teacher = prepare_teacher(cfg, student, test_set) if guided or cfg.teacher.init_student else None
+    teacher = prepare_teacher(cfg, student, test_set, teacher_record) if guided or cfg.teacher.init_student else None
     if cfg.teacher.init_student:
         load_twin_weights(student, teacher.state_dict())
         log.info("student initialized from teacher %s", cfg.teacher.checkpoint)
@@ -105,8 +110,12 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> None:
 
 
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
-          max_steps: int | None = None) -> dict[str, Any]:
+          max_steps: int | None = None, teacher_record: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
     """Train the run ``cfg`` describes; returns the Trainer's summary plus the run directory.
+
+    ``teacher_record``: the teacher's test record when the caller has already evaluated it
+    (an ablation's cells share one), so that it is not evaluated again.
 
     Under torchrun every process calls this; rank 0 alone prepares the run directory.
     """
@@ -122,7 +131,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         barrier(dist)
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every process and rerun
     # the teacher is evaluated and recorded by one process
-    method = build_method(cfg, train_set, test_set if dist.is_main else None)
+    method = build_method(cfg, train_set, test_set if dist.is_main else None,
+                          teacher_record if dist.is_main else None)
     trainer = Trainer(cfg, method, train_set, test_set, device=device, dist=dist)
     if resume:
         state = load_checkpoint(cfg.run_dir / "latest.pt", map_location=trainer.device)

@@ -72,13 +72,14 @@ def check_same_config(cfg: Config) -> None:
 
 def is_finished(cfg: Config) -> bool:
     latest = cfg.run_dir / "latest.pt"
-    return latest.is_file() and load_checkpoint(latest)["epoch"] >= cfg.train.epochs
+    # memory-mapped: reads the epoch, not the weights
+    return latest.is_file() and load_checkpoint(latest, mmap=True)["epoch"] >= cfg.train.epochs
 
 
-def ensure_trained(cfg: Config) -> bool:
-    """Train the run ``cfg`` describes unless it is finished in its run directory; an interrupted
-    run is resumed. Returns whether anything was trained; raises :class:`TrainingStopped` when a
-    signal stops the training."""
+def ensure_trained(cfg: Config, **train_options: Any) -> bool:
+    """Train the run ``cfg`` describes (``train_options`` go to :func:`spikeguide.runner.train`)
+    unless it is finished in its run directory; an interrupted run is resumed. Returns whether
+    anything was trained; raises :class:`TrainingStopped` when a signal stops the training."""
     from .runner import train  # runner imports this module
 
     # under torchrun every process decides alone: all must look before rank 0 starts writing
@@ -86,7 +87,7 @@ def ensure_trained(cfg: Config) -> bool:
     check_same_config(cfg)
     if is_finished(cfg):
         return False
-    summary = train(cfg, resume=(cfg.run_dir / "latest.pt").is_file())
+    summary = train(cfg, resume=(cfg.run_dir / "latest.pt").is_file(), **train_options)
     if summary["stopped"]:
         raise TrainingStopped(
             f"training {str(cfg.run_dir)!r} stopped on signal {summary['signal']} at epoch "
@@ -153,24 +154,24 @@ def load_teacher(cfg: Config, student: SpikingNet) -> tuple[SpikingNet, str]:
 
 def evaluate_teacher(cfg: Config, teacher: SpikingNet, source: str,
                      test_set: ArrayDataset) -> dict[str, Any]:
-    """Test the teacher on the student's test split; record it in the student's run directory."""
+    """The teacher's record on the student's test split."""
     device = resolve_device(cfg.train.device)
     result = evaluate(teacher.to(device),
                       normalized_batches(test_set, cfg.data.eval_batch_size, device))
-    record = {"checkpoint": source, **{k: result[k] for k in ("top1", "top5", "loss")}}
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / TEACHER_FILE).write_text(json.dumps(record, indent=1) + "\n")
-    log.info("teacher %s: test top1 %.2f", source, record["top1"])
-    return record
+    log.info("teacher %s: test top1 %.2f", source, result["top1"])
+    return {"checkpoint": source, **{k: result[k] for k in ("top1", "top5", "loss")}}
 
 
-def prepare_teacher(cfg: Config, student: SpikingNet,
-                    test_set: ArrayDataset | None = None) -> SpikingNet:
-    """Load the teacher ``cfg`` names (training its recipe first when needed) and, given the
-    test split, evaluate and record it."""
+def prepare_teacher(cfg: Config, student: SpikingNet, test_set: ArrayDataset | None = None,
+                    record: dict[str, Any] | None = None) -> SpikingNet:
+    """Load the teacher ``cfg`` names (training its recipe first when needed); its test record
+    (``record``, or evaluated on ``test_set``) goes to the student's run directory."""
     teacher, source = load_teacher(cfg, student)
-    if test_set is not None:
-        evaluate_teacher(cfg, teacher, source, test_set)
+    if record is None and test_set is not None:
+        record = evaluate_teacher(cfg, teacher, source, test_set)
+    if record is not None:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / TEACHER_FILE).write_text(json.dumps(record, indent=1) + "\n")
     return teacher
 
 
