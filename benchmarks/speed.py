@@ -27,11 +27,12 @@ import time
 import torch
 from torch import nn
 
-from spikeguide.kernels import BACKENDS
-from spikeguide.layers import TimeSequential
 from spikeguide.models import SpikingNet, create_model
+from spikeguide.models.layers import TimeSequential
 from spikeguide.models.resnet import BasicBlock
-from spikeguide.neuron import LIF, ATan
+from spikeguide.neurons import LIF
+from spikeguide.neurons.kernels import BACKENDS
+from spikeguide.neurons.surrogates import ATan
 
 # --------------------------------------------------------------------------------------------
 # The SpikingJelly twin
@@ -153,12 +154,13 @@ def machine(device) -> str:
 
 def layer_benchmark(T: int, N: int, backends, rounds: int, iters: int, with_compile: bool):
     """Milliseconds for forward + backward of one LIF layer on ``[T, N]`` currents."""
-    from spikeguide.kernels import lif_forward
-    from spikeguide.kernels.fused import TorchLoops, fused_lif
+    from spikeguide.neurons.kernels.fused import TorchLoops, fused_lif
 
     x = torch.randn(T, N).requires_grad_()
     g = torch.randn(T, N)
-    runs = {b: (lambda b=b: lif_forward(x, 0.5, 1.0, "hard", False, ATan(), b)) for b in backends}
+    neurons = {b: LIF(decay=0.5, threshold=1.0, reset="hard", surrogate=ATan(), backend=b)
+               for b in backends}
+    runs = {b: (lambda b=b: neurons[b](x)) for b in backends}
     if with_compile:  # torch.compile of the fused backend's two loops, for comparison
         class CompiledLoops(TorchLoops):
             forward = torch.compile(TorchLoops.forward, dynamic=False)

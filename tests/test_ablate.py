@@ -2,15 +2,21 @@ import csv
 import json
 
 import pytest
-
-import spikeguide.runner
-import spikeguide.teacher
 from conftest import run_cli, state_equal, tiny_config, write_recipe
-from spikeguide.ablate import (VARIANTS, base_config, cell_config, comparison, run_ablation,
-                               summary_cell)
-from spikeguide.checkpoint import load_checkpoint
+
+import spikeguide.training.run
+import spikeguide.training.teacher
+from spikeguide.commands.ablate import (
+    VARIANTS,
+    base_config,
+    cell_config,
+    comparison,
+    run_ablation,
+    summary_cell,
+)
 from spikeguide.config import dump_toml, load_config
 from spikeguide.errors import SpikeguideError
+from spikeguide.training.checkpoint import load_checkpoint
 
 ONE_EPOCH = {"epochs": 1, "progress": False}
 
@@ -49,11 +55,11 @@ def test_ablate_writes_tables_and_a_rerun_skips_finished_cells(recipe, tmp_path,
     raw, base = base_config(recipe, [])
     interrupted = cell_config(raw, base, VARIANTS["laf"], 1, 0, out,
                               str(tmp_path / "runs" / "ann"))
-    spikeguide.runner.train(load_config(tmp_path / "ann.toml"))
-    spikeguide.runner.train(interrupted, max_steps=1)
+    spikeguide.training.run.train(load_config(tmp_path / "ann.toml"))
+    spikeguide.training.run.train(interrupted, max_steps=1)
 
-    calls, real_train = {}, spikeguide.runner.train
-    evaluations, real_evaluate = [], spikeguide.teacher.evaluate
+    calls, real_train = {}, spikeguide.training.run.train
+    evaluations, real_evaluate = [], spikeguide.training.teacher.evaluate
 
     def recording_train(cfg, **kwargs):
         calls[cfg.name] = kwargs.get("resume", False)
@@ -63,8 +69,8 @@ def test_ablate_writes_tables_and_a_rerun_skips_finished_cells(recipe, tmp_path,
         evaluations.append(1)
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(spikeguide.runner, "train", recording_train)
-    monkeypatch.setattr(spikeguide.teacher, "evaluate", counting_evaluate)
+    monkeypatch.setattr(spikeguide.training.run, "train", recording_train)
+    monkeypatch.setattr(spikeguide.training.teacher, "evaluate", counting_evaluate)
     run_ablation(recipe, [1, 2], out=out, echo=lambda s: None)
     assert calls == {f"{k}_T{T}_s0": k == "laf" and T == 1 for k in VARIANTS for T in (1, 2)}
     assert len(evaluations) == 1  # the teacher is evaluated once, not once per cell
@@ -86,7 +92,7 @@ def test_ablate_writes_tables_and_a_rerun_skips_finished_cells(recipe, tmp_path,
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell was trained again")
 
-    monkeypatch.setattr(spikeguide.runner, "train", no_training)
+    monkeypatch.setattr(spikeguide.training.run, "train", no_training)
     again = []
     run_ablation(recipe, [1, 2], out=out, echo=again.append)
     assert sum("finished before, skipped" in ln for ln in again) == 10
@@ -103,7 +109,7 @@ def test_a_cell_of_another_config_is_never_reused(recipe, tmp_path):
 
 
 def test_a_run_from_before_a_config_field_existed_is_the_same_config(tmp_path):
-    from spikeguide.teacher import check_same_config
+    from spikeguide.training.run import check_same_config
 
     cfg = load_config(write_recipe(tmp_path / "r.toml", tiny_config(tmp_path)))
     cfg.run_dir.mkdir(parents=True)

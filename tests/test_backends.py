@@ -15,9 +15,9 @@ if not torch.cuda.is_available():  # Triton kernels then run in Triton's CPU int
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from spikeguide import SpikeguideError
-from spikeguide.kernels import cpu, resolve_backend
 from spikeguide.models import create_model
-from spikeguide.neuron import IF, LIF, PLIF, SURROGATES, Surrogate
+from spikeguide.neurons import IF, LIF, PLIF, SURROGATES, Surrogate
+from spikeguide.neurons.kernels import cpu, resolve_backend
 
 BACKENDS = [
     "fused",
@@ -169,7 +169,7 @@ def test_failed_build_falls_back_with_a_warning(monkeypatch):
 
 
 def test_pool_reuses_only_buffers_nothing_references():
-    from spikeguide.kernels.pool import MIN_BYTES, BufferPool
+    from spikeguide.neurons.kernels.pool import MIN_BYTES, BufferPool
 
     pool = BufferPool()
     shape = (2, MIN_BYTES // 4)
@@ -206,7 +206,7 @@ COMPILE_TRITON = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from spikeguide.kernels import triton_lif as K
+from spikeguide.neurons.kernels import triton_lif as K
 
 def ptx(fn, ptrs, scalars, constexprs):
     sig = {**{a: "*fp32" for a in ptrs}, **scalars, **{c: "constexpr" for c in constexprs}}

@@ -4,15 +4,21 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_config, write_recipe
+
+from spikeguide.analysis.diagnose import (
+    FlowReport,
+    LayerFlow,
+    gradient_flow,
+    parse_sweep,
+    recommend,
+    sweep_widths,
+)
 from spikeguide.cli import main
 from spikeguide.config import load_config
-from spikeguide.diagnose import (FlowReport, LayerFlow, gradient_flow, parse_sweep, recommend,
-                                 sweep_widths)
 from spikeguide.errors import SpikeguideError
 from spikeguide.models import create_model
-from spikeguide.neuron import is_spiking
+from spikeguide.neurons import is_spiking
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from spikeguide.energy import E_AC, E_MAC, activity_report, plot_firing_rates
-from spikeguide.layers import TimeSequential
+from spikeguide.analysis.activity import E_AC, E_MAC, activity_report, plot_firing_rates
 from spikeguide.models import SpikingNet, create_model
-from spikeguide.neuron import LIF
+from spikeguide.models.layers import TimeSequential
+from spikeguide.neurons import LIF
 
 
 def two_layer_net() -> SpikingNet:

@@ -3,15 +3,15 @@ import math
 
 import pytest
 import torch
+from conftest import state_equal, tiny_config
 from torch import nn
 
-from conftest import state_equal, tiny_config
 from spikeguide.config import parse_config
 from spikeguide.errors import SpikeguideError
-from spikeguide.losses import kd_loss, laf_loss
 from spikeguide.methods import METHODS
+from spikeguide.methods.losses import kd_loss, laf_loss
 from spikeguide.models import create_model
-from spikeguide.runner import train
+from spikeguide.training.run import train
 
 
 def hand_kd(student_logits, teacher_logits, tau):

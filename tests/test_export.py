@@ -9,9 +9,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from spikeguide import SpikeguideError
-from spikeguide.export import export_nir, fold_batchnorm, to_nir
+from spikeguide.export.nir import export_nir, fold_batchnorm, to_nir
 from spikeguide.models import create_model
-from spikeguide.neuron import is_spiking
+from spikeguide.neurons import is_spiking
 
 nir = pytest.importorskip("nir")
 

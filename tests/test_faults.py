@@ -9,11 +9,11 @@ import time
 
 import pytest
 import torch
-
 from conftest import SRC, run_cli, state_equal, tiny_config, write_recipe
-from spikeguide.checkpoint import load_checkpoint
+
 from spikeguide.config import parse_config
-from spikeguide.runner import train
+from spikeguide.training.checkpoint import load_checkpoint
+from spikeguide.training.run import train
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
@@ -55,7 +55,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path):
 KILL_DURING_SAVE = """
 import os, signal, sys
 import torch
-import spikeguide.checkpoint as ck
+import spikeguide.training.checkpoint as ck
 saves = 0
 real_save = torch.save
 def dying_save(obj, f):

@@ -5,10 +5,10 @@ import torch
 
 from spikeguide.config import parse_config
 from spikeguide.errors import SpikeguideError
-from spikeguide.losses import kd_loss
 from spikeguide.methods import METHODS
+from spikeguide.methods.losses import kd_loss
 from spikeguide.models import create_model
-from spikeguide.ratebp import rate_forward
+from spikeguide.ratepass import rate_forward
 
 Hybrid, RateBP = METHODS.get("hybrid"), METHODS.get("ratebp")
 
@@ -127,8 +127,9 @@ def test_hybrid_options_parse_from_a_config():
 
 def test_ratebp_and_hybrid_train_through_the_runner(tmp_path):
     from conftest import tiny_config
-    from spikeguide.checkpoint import load_checkpoint
-    from spikeguide.runner import train
+
+    from spikeguide.training.checkpoint import load_checkpoint
+    from spikeguide.training.run import train
 
     one_epoch = {"epochs": 1}
     ann = parse_config(tiny_config(tmp_path, name="ann", method={"name": "ann"}, train=one_epoch))

@@ -4,7 +4,7 @@ from torch import nn
 
 from spikeguide.errors import SpikeguideError
 from spikeguide.models import MODELS, create_model, load_twin_weights
-from spikeguide.neuron import LIF, is_spiking
+from spikeguide.neurons import LIF, is_spiking
 
 SMALL = dict(width=0.125)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from spikeguide.errors import SpikeguideError
-from spikeguide.neuron import IF, LIF, PLIF, SURROGATES, get_surrogate
+from spikeguide.neurons import IF, LIF, PLIF, SURROGATES, get_surrogate
 
 
 def hand_lif(current, decay, threshold, reset):
@@ -103,7 +103,7 @@ def test_surrogate_gradient_matches_closed_form(name, width):
     xs = [-2.0, -0.7, -0.1, 0.0, 0.05, 0.4, 1.3]
     x = torch.tensor(xs, dtype=torch.float64, requires_grad=True)
     sur = get_surrogate(name, width)
-    from spikeguide.neuron import spike
+    from spikeguide.neurons import spike
 
     out = spike(x, sur)
     assert out.tolist() == [0, 0, 0, 1, 1, 1, 1]  # exact Heaviside, H(0) = 1

@@ -7,8 +7,8 @@ from torch.nn import functional as F
 
 from spikeguide.errors import SpikeguideError
 from spikeguide.models import MODELS, create_model
-from spikeguide.neuron import LIF, get_surrogate, lif_multistep
-from spikeguide.ratebp import RateRecorder, rate_forward, record_neuron
+from spikeguide.neurons import LIF, get_surrogate, lif_multistep
+from spikeguide.ratepass import RateRecorder, rate_forward, record_neuron
 
 RULES = [("soft", True), ("soft", False), ("hard", True), ("hard", False)]
 
@@ -104,7 +104,7 @@ def test_eligibility_is_the_surrogate_derivative_of_the_rate_for_a_constant_inpu
 
 
 def test_chunks_of_neurons_give_the_same_records(monkeypatch):
-    from spikeguide.ratebp import eligibility
+    from spikeguide.ratepass import eligibility
 
     current = torch.randn(5, 3, 7, 11) + 1
     whole = record_neuron(current, 0.6, 1.0, "hard", False, get_surrogate("atan"))

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from spikeguide.analysis.report import report
 from spikeguide.errors import SpikeguideError
-from spikeguide.report import report
 
 
 def test_report_summarizes_and_plots(tmp_path):

@@ -2,14 +2,14 @@ import math
 
 import pytest
 import torch
-
 from conftest import state_equal, tiny_config
-from spikeguide.checkpoint import load_checkpoint
+
 from spikeguide.config import parse_config
 from spikeguide.errors import SpikeguideError
-from spikeguide.logbook import read_metrics
-from spikeguide.runner import train
-from spikeguide.train import lr_factor
+from spikeguide.training.checkpoint import load_checkpoint
+from spikeguide.training.optim import lr_factor
+from spikeguide.training.run import train
+from spikeguide.training.runlog import read_metrics
 
 
 def final_weights(run_dir):
@@ -85,8 +85,9 @@ def test_checkpoint_holds_what_resume_needs(tmp_path):
 
 
 def trainer_for(cfg):
-    from spikeguide.runner import build_datasets, build_method
-    from spikeguide.train import Trainer
+    from spikeguide.training.build import build_datasets
+    from spikeguide.training.run import build_method
+    from spikeguide.training.trainer import Trainer
 
     train_set, test_set = build_datasets(cfg)
     return Trainer(cfg, build_method(cfg, train_set, test_set), train_set, test_set,
@@ -94,7 +95,7 @@ def trainer_for(cfg):
 
 
 def test_channels_last_keeps_neurons_nhwc_and_trains_like_contiguous(tmp_path):
-    from spikeguide.neuron import LIF
+    from spikeguide.neurons import LIF
 
     for fmt in (False, True):
         train(parse_config(tiny_config(tmp_path, name=f"cl{fmt}", method={"name": "ann"},
@@ -118,7 +119,7 @@ def test_channels_last_keeps_neurons_nhwc_and_trains_like_contiguous(tmp_path):
 
 
 def test_elapsed_time_in_the_log_counts_the_processes_before_a_resume(tmp_path):
-    from spikeguide.checkpoint import save_checkpoint
+    from spikeguide.training.checkpoint import save_checkpoint
 
     cfg = parse_config(tiny_config(tmp_path, train={"epochs": 1}))
     train(cfg, max_steps=7)

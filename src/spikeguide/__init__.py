@@ -1,8 +1,11 @@
 """spikeguide: train accurate spiking neural networks under the guidance of ANNs."""
 
+from .config import load_config
 from .errors import SpikeguideError
 from .models import create_model
-from .neuron import IF, LIF, PLIF, get_surrogate
+from .neurons import IF, LIF, PLIF, get_surrogate
+from .training.run import train
 
 __version__ = "0.1.0"
-__all__ = ["IF", "LIF", "PLIF", "SpikeguideError", "create_model", "get_surrogate", "__version__"]
+__all__ = ["IF", "LIF", "PLIF", "SpikeguideError", "create_model", "get_surrogate", "load_config",
+           "train", "__version__"]

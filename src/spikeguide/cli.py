@@ -11,7 +11,6 @@ from typing import Any, Sequence
 from .errors import SpikeguideError, TrainingStopped
 
 
-
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A plain-text table; floats get two decimals."""
     if not rows:
@@ -39,7 +38,7 @@ def strip_option(argv: list[str], name: str) -> list[str]:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from .quickstart import run_quickstart
+    from .commands.quickstart import run_quickstart
 
     rows = run_quickstart(args.out, args.set)
     runs = [r.pop("run") for r in rows]
@@ -50,10 +49,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .runner import train
+    from .training.run import train
 
     if args.nproc > 1:
-        from .distributed import launch
+        from .training.distributed import launch
 
         return launch(args.nproc, strip_option(sys.argv[1:], "--nproc"))
     cfg = load_config(args.recipe, args.set + (["data.options.download=true"] if args.download else []))
@@ -71,7 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_run
+    from .commands.evaluate import evaluate_run
 
     ev = evaluate_run(args.run, args.set, "latest" if args.latest else "best", args.energy_batches)
     model, cfg, result = ev.model, ev.cfg, ev.result
@@ -89,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from .ablate import run_ablation
+    from .commands.ablate import run_ablation
 
     out = run_ablation(args.recipe, args.T, args.variants, args.out, args.set, args.jobs,
                        args.seeds)
@@ -99,8 +98,15 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
+    from .analysis.diagnose import (
+        FLAG_FACTOR,
+        diagnose,
+        layer_rows,
+        parse_sweep,
+        recommend,
+        summary_rows,
+    )
     from .config import load_config
-    from .diagnose import FLAG_FACTOR, diagnose, layer_rows, parse_sweep, recommend, summary_rows
 
     cfg = load_config(args.recipe, args.set)
     widths = parse_sweep(args.sweep) if args.sweep else None
@@ -119,8 +125,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_run
-    from .report import report
+    from .analysis.report import report
+    from .commands.evaluate import evaluate_run
 
     summary, plots = report(args.run)
     print(format_table([summary]))

@@ -221,6 +221,15 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def merge(*tables: dict) -> dict:
+    """Nested tables merged left to right: later values win, sub-tables merge key by key."""
+    out: dict = {}
+    for table in tables:
+        for key, value in table.items():
+            out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``key=value`` overrides (dotted keys) to a raw recipe dict, in place."""
     for item in overrides:
@@ -301,7 +310,7 @@ def validate(cfg: Config) -> None:
     """Value checks beyond types; each failure is one line naming the key."""
     from .data import DATASETS
     from .models import MODELS
-    from .neuron import NEURONS, SURROGATES
+    from .neurons import NEURONS, SURROGATES
 
     for key, choices in CHOICES.items():
         if _get(cfg, key) not in choices:

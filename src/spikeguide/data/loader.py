@@ -8,6 +8,7 @@ from typing import Iterator
 import torch
 
 from ..errors import SpikeguideError
+from .augment import Augment
 from .base import ArrayDataset
 
 
@@ -76,3 +77,11 @@ class InMemoryLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)
+
+
+def normalized_batches(dataset: ArrayDataset, batch_size: int, device: torch.device
+                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A split's batches in order on ``device``, normalized as for evaluation."""
+    loader = InMemoryLoader(dataset, batch_size, shuffle=False, drop_last=False, device=device)
+    normalize = Augment(mean=dataset.mean, std=dataset.std).normalize
+    return ((normalize(x), y) for x, y in loader)

@@ -9,7 +9,6 @@ torchvision's defaults do.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 

@@ -14,18 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import LAFOptions, laf_loss
 from .base import Method, StepResult, register_method
-
-
-def laf_term(method: Method, student_feature: torch.Tensor,
-             teacher_feature: torch.Tensor) -> torch.Tensor:
-    """``laf_lambda * L_AF`` for a method whose options inherit :class:`LAFOptions` and whose
-    teacher is the frozen ANN twin; ``student_feature`` is the SNN's time-averaged feature,
-    ``teacher_feature`` the teacher's on the same batch."""
-    opts = method.options
-    return opts.laf_lambda * laf_loss(student_feature, teacher_feature, method.teacher.classifier,
-                                      opts.laf_tau)
+from .losses import LAFOptions, laf_term
 
 
 @register_method("enof")
@@ -39,5 +29,6 @@ class EnOF(Method):
         if self.options.laf:
             with torch.no_grad():
                 teacher_feature = self.teacher.forward_features(x).feature
-            loss = loss + laf_term(self, out.feature, teacher_feature)
+            loss = loss + laf_term(self.options, out.feature, teacher_feature,
+                                   self.teacher.classifier)
         return StepResult(loss, out.logits)

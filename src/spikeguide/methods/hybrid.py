@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from ..errors import SpikeguideError
-from ..layers import fold_apply
-from ..losses import kd_loss
 from ..models import ModelOutput, SpikingNet
+from ..models.layers import fold_apply
 from .base import register_method
+from .losses import kd_loss
 from .ratebp import RateBP, RateBPOptions
 
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..losses import check_distillation, kd_loss
 from .base import Method, StepResult, register_method
+from .losses import check_distillation, kd_loss
 
 
 @dataclass

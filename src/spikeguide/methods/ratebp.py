@@ -18,11 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SpikeguideError
-from ..losses import LAFOptions, check_distillation, kd_loss
 from ..models import ModelOutput
-from ..ratebp import rate_forward
+from ..ratepass import rate_forward
 from .base import Method, StepResult, register_method
-from .enof import laf_term
+from .losses import LAFOptions, check_distillation, kd_loss, laf_term
 
 
 @dataclass
@@ -67,5 +66,5 @@ class RateBP(Method):
         if o.alpha:
             loss = loss + o.alpha * kd_loss(out.logits, target.logits, o.tau)
         if o.laf:
-            loss = loss + laf_term(self, out.feature, target.feature)
+            loss = loss + laf_term(o, out.feature, target.feature, self.teacher.classifier)
         return loss

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ..errors import SpikeguideError
-from ..layers import TimeSequential, broadcast_time, fold_apply
-from ..neuron import is_spiking
+from ..neurons import is_spiking
+from .layers import TimeSequential, broadcast_time, fold_apply
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import SpikeguideError
-from ..neuron import NEURONS, Surrogate, get_surrogate, is_spiking
+from ..neurons import NEURONS, Surrogate, get_surrogate, is_spiking
 from ..registry import Registry
 from .base import SpikingNet
 

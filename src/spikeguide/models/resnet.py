@@ -13,8 +13,8 @@ from typing import Callable
 from torch import nn
 
 from ..errors import SpikeguideError
-from ..layers import TimeSequential
 from .base import SpikingNet
+from .layers import TimeSequential
 from .registry import register_model
 
 MakeAct = Callable[[], nn.Module]

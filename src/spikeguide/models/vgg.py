@@ -8,8 +8,8 @@ from collections import OrderedDict
 from torch import nn
 
 from ..errors import SpikeguideError
-from ..layers import TimeSequential
 from .base import SpikingNet
+from .layers import TimeSequential
 from .registry import register_model
 from .resnet import MakeAct, conv_bn, numbered, scale
 

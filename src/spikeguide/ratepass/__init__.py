@@ -5,6 +5,6 @@ See ``docs/ratebp.md`` for the method and the derivation of the eligibility trac
 
 from .eligibility import record_neuron
 from .passes import rate_forward
-from .rate_mode import RateRecorder
+from .recorder import RateRecorder
 
 __all__ = ["RateRecorder", "rate_forward", "record_neuron"]

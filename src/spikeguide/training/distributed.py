@@ -1,4 +1,4 @@
-"""Data-parallel training on PyTorch's own engine (torchrun + DistributedDataParallel).
+"""Devices and data-parallel training on PyTorch's own engine (torchrun + DistributedDataParallel).
 
 ``torchrun --nproc_per_node=N -m spikeguide train RECIPE`` starts N processes; each reads its
 rank from the environment torchrun sets, takes its slice of every global batch, and DDP averages
@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import SpikeguideError
+from ..errors import SpikeguideError
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,15 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpikeguideError(f"train.device is {name!r} but CUDA is not available here")
+    return device
 
 
 def init_distributed(device: torch.device) -> DistInfo:

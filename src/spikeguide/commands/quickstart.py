@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import apply_overrides, parse_config
-from .runner import train
+from ..config import apply_overrides, merge, parse_config
+from ..training.run import train
 
 COMMON: dict[str, Any] = {
     "model": {"name": "resnet20", "width": 0.25, "T": 4},
@@ -23,14 +23,6 @@ COMMON: dict[str, Any] = {
 TEACHER = {"name": "ann", "method": {"name": "ann"}, "train": {"epochs": 12}}
 STUDENT = {"name": "snn", "method": {"name": "bptt"}, "train": {"epochs": 12},
            "optim": {"lr": 0.05}, "teacher": {"init_student": True}}
-
-
-def merge(*parts: dict) -> dict:
-    out: dict = {}
-    for part in parts:
-        for key, value in part.items():
-            out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
 
 
 def run_quickstart(out_dir: str = "runs/quickstart", overrides: list[str] | None = None

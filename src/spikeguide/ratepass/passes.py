@@ -20,7 +20,7 @@ from typing import Iterator
 import torch
 
 from ..models import ModelOutput, SpikingNet
-from .rate_mode import RateRecorder
+from .recorder import RateRecorder
 
 
 def time_steps(model: SpikingNet, x: torch.Tensor) -> int:

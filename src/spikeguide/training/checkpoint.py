@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .errors import SpikeguideError
+from ..errors import SpikeguideError
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:

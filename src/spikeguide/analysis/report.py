@@ -10,8 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .errors import SpikeguideError  # noqa: E402
-from .logbook import read_metrics  # noqa: E402
+from ..errors import SpikeguideError  # noqa: E402
+from ..training.runlog import read_metrics  # noqa: E402
 
 
 def plot_curves(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:

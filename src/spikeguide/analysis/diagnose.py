@@ -31,11 +31,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import Config
-from .data import ArrayDataset, Augment, InMemoryLoader
-from .errors import SpikeguideError
-from .metrics import record_firing
-from .neuron import SURROGATES, Surrogate, get_surrogate, is_spiking
+from ..config import Config
+from ..data import ArrayDataset, Augment, InMemoryLoader
+from ..errors import SpikeguideError
+from ..neurons import SURROGATES, Surrogate, get_surrogate, is_spiking
+from .scoring import record_firing
 
 FLAG_FACTOR = 10.0
 SWEEP_KEYS = ("surrogate.width", "surrogate.steepness")  # steepness k = 1 / width
@@ -260,8 +260,8 @@ def plot_gradient_flow(reports: Sequence[FlowReport], path: Path, title: str = "
 def recipe_batches(cfg: Config, n: int) -> tuple[list[Batch], ArrayDataset]:
     """The first ``n`` training batches of the recipe (normalized, not augmented) and the
     training set they come from."""
-    from .runner import build_datasets
-    from .train import resolve_device
+    from ..training.build import build_datasets
+    from ..training.distributed import resolve_device
 
     train_set, _ = build_datasets(cfg)
     loader = InMemoryLoader(train_set, cfg.data.batch_size, shuffle=True, drop_last=True,
@@ -278,9 +278,9 @@ def diagnose(cfg: Config, widths: Sequence[float] | None = None, *, batches: int
     uses (``teacher.init_student`` is not applied). Writes ``gradient_flow.png`` and
     ``diagnose.json`` to ``out`` (default ``OUT_DIR/NAME_diagnose``); returns the reports and the
     plot's path."""
-    from .methods import METHODS
-    from .runner import build_model
-    from .train import build_optimizer
+    from ..methods import METHODS
+    from ..training.build import build_model
+    from ..training.optim import build_optimizer
 
     if batches < 1 or steps < 0:
         raise SpikeguideError("diagnose needs at least 1 batch and 0 or more steps")

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..neuron import Surrogate
+from ..surrogates import Surrogate
 from .cpu import SURROGATE_IDS
 
 BLOCK = 1024

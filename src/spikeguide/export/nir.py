@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import SpikeguideError
-from .layers import TimeSequential
-from .models.base import SpikingNet
-from .neuron import LIF, is_spiking
+from ..errors import SpikeguideError
+from ..models import SpikingNet
+from ..models.layers import TimeSequential
+from ..neurons import LIF, is_spiking
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:

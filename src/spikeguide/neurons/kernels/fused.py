@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..neuron import Surrogate
+from ..surrogates import Surrogate
 
 
 class LoopImpl(Protocol):

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import SpikeguideError
-from .neuron import is_spiking
+from ..errors import SpikeguideError
+from ..neurons import is_spiking
 
 E_AC = 0.9  # pJ per accumulate
 E_MAC = 4.6  # pJ per multiply-accumulate

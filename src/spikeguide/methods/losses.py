@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import SpikeguideError
+from ..errors import SpikeguideError
 
 
 def check_distillation(tau: float, weight: float, tau_key: str, weight_key: str) -> None:
@@ -63,3 +63,10 @@ class LAFOptions:
 
     def __post_init__(self) -> None:
         check_distillation(self.laf_tau, self.laf_lambda, "method.laf_tau", "method.laf_lambda")
+
+
+def laf_term(options: LAFOptions, student_feature: torch.Tensor, teacher_feature: torch.Tensor,
+             classifier: nn.Module) -> torch.Tensor:
+    """``laf_lambda * L_AF`` with a method's LAF options; ``classifier`` is the frozen teacher's."""
+    return options.laf_lambda * laf_loss(student_feature, teacher_feature, classifier,
+                                         options.laf_tau)

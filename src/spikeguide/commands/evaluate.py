@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import find_checkpoint
-from .config import Config, apply_overrides, parse_config, to_dict
-from .energy import ActivityReport, activity_report, plot_firing_rates
-from .metrics import evaluate, normalized_batches
-from .models import SpikingNet
-from .runner import build_datasets, load_model
-from .train import resolve_device
+from ..analysis.activity import ActivityReport, activity_report, plot_firing_rates
+from ..analysis.scoring import evaluate
+from ..config import Config, apply_overrides, parse_config, to_dict
+from ..data.loader import normalized_batches
+from ..models import SpikingNet
+from ..training.build import build_datasets, load_model
+from ..training.checkpoint import find_checkpoint
+from ..training.distributed import resolve_device
 
 
 @dataclass

@@ -37,12 +37,12 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .config import Config, apply_overrides, parse_config, read_toml
-from .errors import SpikeguideError, TrainingStopped
-from .logbook import read_metrics
-from .quickstart import merge
-from .runner import build_test_set, load_model
-from .teacher import ensure_trained, evaluate_teacher, teacher_source
+from ..config import Config, apply_overrides, merge, parse_config, read_toml
+from ..errors import SpikeguideError, TrainingStopped
+from ..training.build import build_test_set, load_model
+from ..training.run import ensure_teacher, ensure_trained
+from ..training.runlog import read_metrics
+from ..training.teacher import evaluate_teacher, teacher_source
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,8 @@ def run_ablation(recipe: str | Path, Ts: list[int] | None = None,
     Ts = list(Ts or [base.model.T])
     seeds = list(dict.fromkeys(seeds)) if seeds else [base.train.seed]
     out = Path(out) if out is not None else Path(base.out_dir) / f"{base.name}_ablation"
-    teacher = teacher_source(base)  # trained here, once, before any cell
+    ensure_teacher(base)  # trained here, once, before any cell
+    teacher = teacher_source(base)
     out.mkdir(parents=True, exist_ok=True)
     teacher_record = shared_teacher(base, teacher)
     cells = {(v.key, T, s): cell_config(raw, base, v, T, s, out, teacher)

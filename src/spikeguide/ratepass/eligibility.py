@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from ..neuron import Surrogate
+from ..neurons import Surrogate
 
 
 def scale_by_reset_gain(kappa: torch.Tensor, u: torch.Tensor, s: torch.Tensor, g: torch.Tensor,

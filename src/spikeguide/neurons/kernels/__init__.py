@@ -1,7 +1,7 @@
 """Backends of the multi-step LIF neuron.
 
-* ``"torch"``: the eager reference :func:`spikeguide.neuron.lif_multistep` (autograd through every
-  elementwise op of every step).
+* ``"torch"``: the eager reference :func:`spikeguide.neurons.lif.lif_multistep` (autograd through
+  every elementwise op of every step); the neuron runs it itself.
 * ``"fused"``: one autograd node per layer, the T loop in eager tensor ops with a hand-derived
   backward (:mod:`.fused`); any device and dtype, no compiler needed.
 * ``"compiled"``: the same node with both loops in a C++ extension built on first use (:mod:`.cpu`);
@@ -26,8 +26,8 @@ import os
 
 import torch
 
-from ..errors import SpikeguideError
-from ..neuron import Surrogate, lif_multistep
+from ...errors import SpikeguideError
+from ..surrogates import Surrogate
 from . import cpu
 from .fused import TorchLoops, fused_lif
 from .pool import BufferPool
@@ -70,12 +70,10 @@ def resolve_backend(name: str, current: torch.Tensor) -> str:
     return name
 
 
-def lif_forward(current: torch.Tensor, decay: float | torch.Tensor, threshold: float, reset: str,
-                detach_reset: bool, surrogate: Surrogate, backend: str = "auto") -> torch.Tensor:
-    """Spikes of the multi-step LIF over ``current`` ``[T, ...]`` on the chosen backend."""
-    backend = resolve_backend(backend, current)
-    if backend == "torch":
-        return lif_multistep(current, decay, threshold, reset, detach_reset, surrogate)
+def fused_forward(current: torch.Tensor, decay: float | torch.Tensor, threshold: float, reset: str,
+                  detach_reset: bool, surrogate: Surrogate, backend: str) -> torch.Tensor:
+    """Spikes of the multi-step LIF over ``current`` ``[T, ...]`` on a resolved fused backend
+    (``"fused"``, ``"compiled"`` or ``"triton"``)."""
     impl = {"compiled": _CPP_LOOPS, "fused": _TORCH_LOOPS}.get(backend) or _triton_loops()
     return fused_lif(current, decay, threshold, reset, detach_reset, surrogate, impl)
 
@@ -85,4 +83,4 @@ def empty_cache() -> None:
     _POOL.clear()
 
 
-__all__ = ["BACKENDS", "check_backend", "empty_cache", "lif_forward", "resolve_backend"]
+__all__ = ["BACKENDS", "check_backend", "empty_cache", "fused_forward", "resolve_backend"]

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from ..errors import SpikeguideError
-from ..neuron import is_spiking
+from ..neurons import is_spiking
+from .autograd import rate_unit, recorded_batch_norm
 from .eligibility import record_neuron
-from .functions import rate_unit, recorded_batch_norm
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LINEAR = (nn.Linear, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,

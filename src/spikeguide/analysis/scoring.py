@@ -9,8 +9,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from .data import ArrayDataset, Augment, InMemoryLoader
-from .neuron import is_spiking
+from ..neurons import is_spiking
 
 
 def topk_correct(logits: torch.Tensor, y: torch.Tensor, ks: Iterable[int]) -> dict[int, int]:
@@ -45,14 +44,6 @@ def record_firing(model: nn.Module) -> Iterator[FiringRates]:
     finally:
         for h in handles:
             h.remove()
-
-
-def normalized_batches(dataset: ArrayDataset, batch_size: int, device: torch.device
-                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """A split's batches in order on ``device``, normalized as for evaluation."""
-    loader = InMemoryLoader(dataset, batch_size, shuffle=False, drop_last=False, device=device)
-    normalize = Augment(mean=dataset.mean, std=dataset.std).normalize
-    return ((normalize(x), y) for x, y in loader)
 
 
 @torch.no_grad()

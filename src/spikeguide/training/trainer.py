@@ -25,46 +25,20 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ..analysis.scoring import evaluate
+from ..config import Config, dump_toml, to_dict
+from ..data import ArrayDataset, Augment, InMemoryLoader
+from ..data.loader import mix_seed
+from ..errors import SpikeguideError
+from ..methods import Method
 from .checkpoint import save_checkpoint
-from .config import Config, OptimConfig, dump_toml, to_dict
-from .data import ArrayDataset, Augment, InMemoryLoader
-from .data.loader import mix_seed
 from .distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm
-from .errors import SpikeguideError
-from .logbook import RunLog, read_metrics
-from .methods import Method
-from .metrics import evaluate
+from .optim import build_optimizer, lr_factor
+from .runlog import RunLog, read_metrics
 
 log = logging.getLogger("spikeguide")
 
 CHECKPOINT_FORMAT = 1
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SpikeguideError(f"train.device is {name!r} but CUDA is not available here")
-    return device
-
-
-def build_optimizer(cfg: OptimConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
-                             weight_decay=cfg.weight_decay)
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
-    """Learning-rate multiplier at iteration ``step``: linear warm-up, then cosine or constant."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 class Trainer:

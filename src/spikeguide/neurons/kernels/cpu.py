@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import SpikeguideError
-from ..neuron import ATan, FastSigmoid, Rectangle, Sigmoid, Surrogate, Triangle
+from ...errors import SpikeguideError
+from ..surrogates import ATan, FastSigmoid, Rectangle, Sigmoid, Surrogate, Triangle
 
 # Built-in surrogates the kernel evaluates itself; any other one is evaluated in torch first.
 SURROGATE_IDS = {Rectangle: 0, Triangle: 1, Sigmoid: 2, ATan: 3, FastSigmoid: 4}

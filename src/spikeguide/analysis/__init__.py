@@ -1,0 +1,2 @@
+"""Measuring trained models: accuracy and firing rates, activity and energy, gradient flow,
+training curves."""

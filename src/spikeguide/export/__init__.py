@@ -1,0 +1,1 @@
+"""Exporting trained SNNs to other tools: NIR (:mod:`.nir`)."""

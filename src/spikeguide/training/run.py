@@ -1,0 +1,174 @@
+"""From a config to a trained run: data, student, teacher, method, Trainer.
+
+:func:`train` trains one run; :func:`ensure_trained` trains a run unless its directory already
+holds it finished (a teacher recipe trained before its student, the cells of ``spikeguide
+ablate``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from typing import Any
+
+import torch
+
+from ..config import Config, parse_config, read_toml, to_dict
+from ..data import ArrayDataset
+from ..errors import SpikeguideError, TrainingStopped
+from ..methods import METHODS, Method
+from ..models import load_twin_weights
+from .build import build_datasets, build_model, check_compatible
+from .checkpoint import load_checkpoint
+from .distributed import (
+    barrier,
+    barrier_if_joined,
+    init_distributed,
+    local_device,
+    resolve_device,
+)
+from .teacher import prepare_teacher, teacher_config, teacher_summary
+from .trainer import Trainer
+
+log = logging.getLogger("spikeguide")
+
+
+def build_method(cfg: Config, train_set: ArrayDataset, test_set: ArrayDataset | None = None,
+                 teacher_record: dict[str, Any] | None = None) -> Method:
+    """The method and its student; a teacher is loaded when the method or
+    ``teacher.init_student`` needs one, and its test record (``teacher_record``, or evaluated on
+    ``test_set`` when given) is written to the run directory."""
+    method_cls = METHODS.get(cfg.method.name)
+    student = build_model(cfg, train_set.num_classes, train_set.in_channels,
+                          method_cls.spiking_student)
+    guided = method_cls.teacher_needed(cfg.method.options)
+    teacher = prepare_teacher(cfg, student, test_set, teacher_record) if uses_teacher(cfg) else None
+    if cfg.teacher.init_student:
+        load_twin_weights(student, teacher.state_dict())
+        log.info("student initialized from teacher %s", cfg.teacher.checkpoint)
+    return method_cls(student, cfg.method.options, teacher=teacher if guided else None,
+                      label_smoothing=cfg.train.label_smoothing)
+
+
+def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> None:
+    run_dir = cfg.run_dir
+    has_ckpt = (run_dir / "latest.pt").exists()
+    if resume and not has_ckpt:
+        raise SpikeguideError(f"nothing to resume: {str(run_dir / 'latest.pt')!r} does not exist")
+    if has_ckpt and not resume:
+        if not overwrite:
+            raise SpikeguideError(
+                f"run directory {str(run_dir)!r} already holds a run: pass --resume to continue "
+                "it, --overwrite to start over, or --set name=OTHER"
+            )
+        shutil.rmtree(run_dir)
+
+
+def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
+          max_steps: int | None = None, teacher_record: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
+    """Train the run ``cfg`` describes; returns the Trainer's summary plus the run directory.
+
+    ``teacher_record``: the teacher's test record when the caller has already evaluated it
+    (an ablation's cells share one), so that it is not evaluated again.
+
+    Under torchrun every process calls this; rank 0 alone prepares the run directory.
+    """
+    device = resolve_device(cfg.train.device)
+    dist = init_distributed(device)
+    device = local_device(device, dist)
+    if dist.is_main:
+        prepare_run_dir(cfg, resume, overwrite)
+    ensure_teacher(cfg)
+    if not dist.is_main:  # rank 0 decodes and caches the data first, the others then read it
+        barrier(dist)
+    train_set, test_set = build_datasets(cfg)
+    if dist.is_main:
+        barrier(dist)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights in every process and rerun
+    # the teacher is evaluated and recorded by one process
+    method = build_method(cfg, train_set, test_set if dist.is_main else None,
+                          teacher_record if dist.is_main else None)
+    trainer = Trainer(cfg, method, train_set, test_set, device=device, dist=dist)
+    if resume:
+        state = load_checkpoint(cfg.run_dir / "latest.pt", map_location=trainer.device)
+        check_compatible(method.student, state["model"], str(cfg.run_dir / "latest.pt"))
+        trainer.load_state_dict(state)
+        log.info("resumed %s at epoch %d step %d", cfg.run_dir, trainer.epoch, trainer.step)
+    summary = trainer.fit(max_steps=max_steps)
+    # rank 0 writes the last checkpoint; no process may read the run (a teacher trained first, say)
+    # before it is there
+    barrier(dist)
+    summary["run_dir"] = str(cfg.run_dir)
+    summary.update(teacher_summary(cfg.run_dir))
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Runs that are trained once
+# --------------------------------------------------------------------------------------------
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_same_config(cfg: Config) -> None:
+    """A run directory that already holds a run must hold a run of ``cfg``: reusing or resuming
+    a run of another config would mix results silently."""
+    path = cfg.run_dir / "config.toml"
+    if not path.is_file():
+        return
+    # both resolved, so a field added to the config since that run compares by its default
+    stored, wanted = (flatten(to_dict(c)) for c in (parse_config(read_toml(path)), cfg))
+    differ = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
+    if differ:
+        raise SpikeguideError(
+            f"{str(cfg.run_dir)!r} holds a run of another config (it differs in "
+            f"{', '.join(differ[:5])}); delete that folder to train it again, or choose another "
+            "output folder"
+        )
+
+
+def is_finished(cfg: Config) -> bool:
+    latest = cfg.run_dir / "latest.pt"
+    # memory-mapped: reads the epoch, not the weights
+    return latest.is_file() and load_checkpoint(latest, mmap=True)["epoch"] >= cfg.train.epochs
+
+
+def ensure_trained(cfg: Config, **train_options: Any) -> bool:
+    """Train the run ``cfg`` describes (``train_options`` go to :func:`train`) unless it is
+    finished in its run directory; an interrupted run is resumed. Returns whether anything was
+    trained; raises :class:`TrainingStopped` when a signal stops the training."""
+    # under torchrun every process decides alone: all must look before rank 0 starts writing
+    barrier_if_joined()
+    check_same_config(cfg)
+    if is_finished(cfg):
+        return False
+    summary = train(cfg, resume=(cfg.run_dir / "latest.pt").is_file(), **train_options)
+    if summary["stopped"]:
+        raise TrainingStopped(
+            f"training {str(cfg.run_dir)!r} stopped on signal {summary['signal']} at epoch "
+            f"{summary['epoch'] + 1} step {summary['step']}, its checkpoint written; run the same "
+            "command again to resume it", summary["signal"])
+    return True
+
+
+def uses_teacher(cfg: Config) -> bool:
+    """Whether the run needs its teacher: to distil from, or to initialise the student."""
+    method_cls = METHODS.get(cfg.method.name)
+    return method_cls.teacher_needed(cfg.method.options) or cfg.teacher.init_student
+
+
+def ensure_teacher(cfg: Config) -> None:
+    """Train the teacher recipe ``cfg`` names first, when the run uses its teacher and the recipe
+    is not trained yet."""
+    tcfg = teacher_config(cfg) if uses_teacher(cfg) else None
+    if tcfg is not None and ensure_trained(tcfg):
+        log.info("trained the teacher recipe %s into %s", cfg.teacher.recipe, tcfg.run_dir)

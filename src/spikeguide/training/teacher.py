@@ -1,0 +1,113 @@
+"""The ANN teacher of a student run: where it is, loaded frozen and checked, evaluated once.
+
+A student names its teacher with ``teacher.checkpoint`` (a run directory or checkpoint file),
+``teacher.recipe`` (the teacher's TOML recipe), or both:
+
+* checkpoint only: that checkpoint; it must exist.
+* recipe only: the recipe's own run directory (its ``out_dir/name``), trained there first
+  unless a finished run of that same config is already there (an interrupted one is resumed).
+* both: the recipe, trained the same way into the run directory ``teacher.checkpoint``.
+
+Training the recipe is the runner's job (:func:`spikeguide.training.run.ensure_teacher`); this
+module only says where the teacher is, loads and checks it, and evaluates it. Paths are relative
+to the working directory, like every path in a recipe. The teacher must be the student's ANN twin
+(same model, output feature size and class count). It is evaluated once on the student's test
+split; the result goes to ``teacher.json`` in the student's run directory and into the run's
+summary as ``teacher_top1``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..analysis.scoring import evaluate
+from ..config import Config, load_config
+from ..data import ArrayDataset
+from ..data.loader import normalized_batches
+from ..errors import SpikeguideError
+from ..models import SpikingNet
+from .build import load_model
+from .distributed import resolve_device
+
+log = logging.getLogger("spikeguide")
+
+TEACHER_FILE = "teacher.json"
+
+
+def teacher_config(cfg: Config) -> Config | None:
+    """The teacher's recipe as a config placed where the student looks for it (None: no recipe)."""
+    t = cfg.teacher
+    if t.recipe is None:
+        return None
+    tcfg = load_config(t.recipe)
+    if t.checkpoint is not None:
+        path = Path(t.checkpoint)
+        if path.suffix == ".pt":
+            raise SpikeguideError(
+                f"teacher.checkpoint {t.checkpoint!r} names a file, but teacher.recipe is set too: "
+                "name the run directory the recipe is trained into instead"
+            )
+        tcfg.out_dir, tcfg.name = str(path.parent), path.name
+    return tcfg
+
+
+def teacher_source(cfg: Config) -> str:
+    """The teacher's checkpoint or run directory (its recipe's run directory when it has one)."""
+    tcfg = teacher_config(cfg)
+    if tcfg is not None:
+        return str(tcfg.run_dir)
+    if cfg.teacher.checkpoint is None:
+        raise SpikeguideError(
+            f"method {cfg.method.name!r} needs a teacher: set teacher.checkpoint to an ANN run "
+            "directory or checkpoint, or teacher.recipe to the ANN recipe to train first"
+        )
+    return cfg.teacher.checkpoint
+
+
+def load_teacher(cfg: Config, student: SpikingNet) -> tuple[SpikingNet, str]:
+    """The ANN twin of ``student`` that ``cfg`` names, and where it came from."""
+    source = teacher_source(cfg)
+    teacher, tcfg, _ = load_model(source)
+    if teacher.spiking:
+        raise SpikeguideError(f"teacher {source!r} is a spiking model; the teacher must be an "
+                              "ANN (method 'ann')")
+    shape, wanted = teacher.classifier.weight.shape, student.classifier.weight.shape
+    if tcfg.model.name != cfg.model.name or shape != wanted:
+        raise SpikeguideError(
+            f"teacher {source!r} is a {tcfg.model.name} with {shape[1]} output features and "
+            f"{shape[0]} classes; the student is a {cfg.model.name} with {wanted[1]} and "
+            f"{wanted[0]}: the teacher must be the student's ANN twin (same model and width)"
+        )
+    return teacher, source
+
+
+def evaluate_teacher(cfg: Config, teacher: SpikingNet, source: str,
+                     test_set: ArrayDataset) -> dict[str, Any]:
+    """The teacher's record on the student's test split."""
+    device = resolve_device(cfg.train.device)
+    result = evaluate(teacher.to(device),
+                      normalized_batches(test_set, cfg.data.eval_batch_size, device))
+    log.info("teacher %s: test top1 %.2f", source, result["top1"])
+    return {"checkpoint": source, **{k: result[k] for k in ("top1", "top5", "loss")}}
+
+
+def prepare_teacher(cfg: Config, student: SpikingNet, test_set: ArrayDataset | None = None,
+                    record: dict[str, Any] | None = None) -> SpikingNet:
+    """Load the teacher ``cfg`` names; its test record (``record``, or evaluated on ``test_set``)
+    goes to the student's run directory."""
+    teacher, source = load_teacher(cfg, student)
+    if record is None and test_set is not None:
+        record = evaluate_teacher(cfg, teacher, source, test_set)
+    if record is not None:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / TEACHER_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    return teacher
+
+
+def teacher_summary(run_dir: str | Path) -> dict[str, float]:
+    """``{"teacher_top1": ...}`` for a run that recorded its teacher, else ``{}``."""
+    path = Path(run_dir) / TEACHER_FILE
+    return {"teacher_top1": json.loads(path.read_text())["top1"]} if path.is_file() else {}
