@@ -59,7 +59,7 @@ def test_ablate_writes_tables_and_a_rerun_skips_finished_cells(recipe, tmp_path,
     spikeguide.training.run.train(interrupted, max_steps=1)
 
     calls, real_train = {}, spikeguide.training.run.train
-    evaluations, real_evaluate = [], spikeguide.training.teacher.evaluate
+    evaluations, real_evaluate = [], spikeguide.training.teacher.score_model
 
     def recording_train(cfg, **kwargs):
         calls[cfg.name] = kwargs.get("resume", False)
@@ -70,7 +70,7 @@ def test_ablate_writes_tables_and_a_rerun_skips_finished_cells(recipe, tmp_path,
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(spikeguide.training.run, "train", recording_train)
-    monkeypatch.setattr(spikeguide.training.teacher, "evaluate", counting_evaluate)
+    monkeypatch.setattr(spikeguide.training.teacher, "score_model", counting_evaluate)
     run_ablation(recipe, [1, 2], out=out, echo=lambda s: None)
     assert calls == {f"{k}_T{T}_s0": k == "laf" and T == 1 for k in VARIANTS for T in (1, 2)}
     assert len(evaluations) == 1  # the teacher is evaluated once, not once per cell

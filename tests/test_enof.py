@@ -151,7 +151,7 @@ def test_teacher_recipe_is_trained_first_evaluated_once_and_recorded(tmp_path):
     record = json.loads((student.run_dir / "teacher.json").read_text())
     teacher_top1 = json.loads((teacher_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["checkpoint"] == str(teacher_dir)
-    assert summary["teacher_top1"] == record["top1"] == pytest.approx(teacher_top1["test_top1"])
+    assert summary.teacher_top1 == record["top1"] == pytest.approx(teacher_top1["test_top1"])
 
     mtime = (teacher_dir / "latest.pt").stat().st_mtime_ns
     train(parse_config(tiny_config(
@@ -165,7 +165,7 @@ def test_a_teacher_of_another_width_is_refused(tmp_path):
                                              train={"epochs": 1, "progress": False})))
     student = parse_config(tiny_config(
         tmp_path, name="snn", method={"name": "enof"}, model={"width": 0.125},
-        teacher={"checkpoint": teacher["run_dir"]}))
+        teacher={"checkpoint": teacher.run_dir}))
     with pytest.raises(SpikeguideError, match="must be the student's ANN twin"):
         train(student)
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from spikeguide.errors import SpikeguideError
-from spikeguide.models import MODELS, create_model, load_twin_weights
+from spikeguide.models import MODELS, checked_weights, create_model, load_twin_weights
 from spikeguide.neurons import LIF, is_spiking
 
 SMALL = dict(width=0.125)
@@ -94,7 +94,22 @@ def test_bad_model_arguments_are_clear_errors(kwargs, match):
 
 def test_twin_loading_rejects_another_architecture():
     snn = create_model("resnet20", **SMALL)
-    with pytest.raises(SpikeguideError, match="do not fit"):
-        load_twin_weights(snn, create_model("resnet19", spiking=False, **SMALL).state_dict())
-    with pytest.raises(SpikeguideError, match="shape"):
-        load_twin_weights(snn, create_model("resnet20", spiking=False, num_classes=7, **SMALL).state_dict())
+    resnet19 = create_model("resnet19", spiking=False, **SMALL).state_dict()
+    with pytest.raises(SpikeguideError, match="resnet19 weights holds weights of another arch"):
+        load_twin_weights(snn, resnet19, "resnet19 weights")
+    seven = create_model("resnet20", spiking=False, num_classes=7, **SMALL).state_dict()
+    with pytest.raises(SpikeguideError, match=r"classifier.weight has shape \(7, 64\), the model "
+                                              r"needs \(10, 64\)"):
+        load_twin_weights(snn, seven)
+
+
+def test_a_plif_twin_loads_ann_weights_but_nothing_else_that_only_one_side_has():
+    plif = create_model("resnet20", neuron="plif", **SMALL)
+    ann = create_model("resnet20", spiking=False, **SMALL).state_dict()
+    load_twin_weights(plif, ann)  # the learnable decays are PLIF's own
+    assert all(torch.equal(plif.state_dict()[k], v) for k, v in ann.items())
+    with pytest.raises(SpikeguideError, match="another architecture"):
+        checked_weights(plif, ann, "an ANN checkpoint")  # not as a twin: every key must match
+    ann["extra.weight"] = torch.zeros(1)
+    with pytest.raises(SpikeguideError, match="'extra.weight' is in only one of them"):
+        load_twin_weights(plif, ann)

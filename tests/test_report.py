@@ -8,13 +8,13 @@ from spikeguide.errors import SpikeguideError
 
 def test_report_summarizes_and_plots(tmp_path):
     records = [
-        {"epoch": 1, "global_step": 10, "train_loss": 2.0, "test_loss": 1.9, "train_top1": 30.0,
+        {"epoch": 1, "global_step": 10, "lr": 0.1, "test_top5": 90.0, "train_loss": 2.0, "test_loss": 1.9, "train_top1": 30.0,
          "test_top1": 40.0, "test_firing_rate": 0.2, "elapsed_s": 30.0,
          "test_layer_rates": {"a": 0.1, "b": 0.3}},
-        {"epoch": 2, "global_step": 20, "train_loss": 1.0, "test_loss": 1.2, "train_top1": 60.0,
+        {"epoch": 2, "global_step": 20, "lr": 0.05, "test_top5": 95.0, "train_loss": 1.0, "test_loss": 1.2, "train_top1": 60.0,
          "test_top1": 70.0, "test_firing_rate": 0.15, "elapsed_s": 60.0,
          "test_layer_rates": {"a": 0.05, "b": 0.25}},
-        {"epoch": 3, "global_step": 30, "train_loss": 0.8, "test_loss": 1.3, "train_top1": 70.0,
+        {"epoch": 3, "global_step": 30, "lr": 0.0, "test_top5": 96.0, "train_loss": 0.8, "test_loss": 1.3, "train_top1": 70.0,
          "test_top1": 65.0, "test_firing_rate": 0.12, "elapsed_s": 90.0,
          "test_layer_rates": {"a": 0.04, "b": 0.2}},
     ]
@@ -28,4 +28,10 @@ def test_report_summarizes_and_plots(tmp_path):
 
 def test_report_of_a_folder_without_metrics_is_a_clear_error(tmp_path):
     with pytest.raises(SpikeguideError, match="no metrics.jsonl"):
+        report(tmp_path)
+
+
+def test_a_log_line_that_is_not_an_epoch_record_is_a_clear_error(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_top1": 50.0}) + "\n")
+    with pytest.raises(SpikeguideError, match=r"metrics.jsonl line 1 is not an epoch record.*KeyError"):
         report(tmp_path)

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -22,21 +23,22 @@ def test_resume_after_epoch_one_matches_uninterrupted(tmp_path):
     part = parse_config(tiny_config(tmp_path, name="part"))
     steps_per_epoch = 1437 // 64
     stopped = train(part, max_steps=steps_per_epoch)
-    assert stopped["stopped"] and stopped["step"] == steps_per_epoch
+    assert stopped.stopped is not None and stopped.stopped.step == steps_per_epoch
+    assert stopped.last is None  # the first epoch had not ended
     resumed = train(part, resume=True)
-    assert not resumed["stopped"]
+    assert resumed.stopped is None and resumed.last.epoch == 2
     assert state_equal(final_weights(full.run_dir), final_weights(part.run_dir))
-    assert [r["epoch"] for r in read_metrics(part.run_dir)] == [1, 2]
+    assert [r.epoch for r in read_metrics(part.run_dir)] == [1, 2]
     assert read_metrics(part.run_dir) == [
-        {**r, "elapsed_s": m["elapsed_s"]} for r, m in zip(read_metrics(full.run_dir),
-                                                           read_metrics(part.run_dir))]
+        dataclasses.replace(r, elapsed_s=m.elapsed_s)
+        for r, m in zip(read_metrics(full.run_dir), read_metrics(part.run_dir))]
 
 
 def test_resume_mid_epoch_matches_uninterrupted(tmp_path):
     full = parse_config(tiny_config(tmp_path, name="full", train={"epochs": 1}))
     train(full)
     part = parse_config(tiny_config(tmp_path, name="part", train={"epochs": 1}))
-    assert train(part, max_steps=7)["stopped"]
+    assert train(part, max_steps=7).stopped is not None
     assert load_checkpoint(part.run_dir / "latest.pt")["step"] == 7
     train(part, resume=True)
     assert state_equal(final_weights(full.run_dir), final_weights(part.run_dir))
@@ -59,7 +61,7 @@ def test_non_finite_loss_stops_with_the_step_and_remedies(tmp_path):
 
 def test_bf16_autocast_trains(tmp_path):
     cfg = parse_config(tiny_config(tmp_path, train={"epochs": 1, "amp": "bf16"}))
-    assert train(cfg, max_steps=2)["stopped"]
+    assert train(cfg, max_steps=2).stopped is not None
     with pytest.raises(SpikeguideError, match="fp16' needs CUDA"):
         train(parse_config(tiny_config(tmp_path, name="f", train={"amp": "fp16"})))
 
@@ -128,4 +130,18 @@ def test_elapsed_time_in_the_log_counts_the_processes_before_a_resume(tmp_path):
     state["elapsed_s"] = 3600.0  # as if the first process had trained for an hour
     save_checkpoint(state, cfg.run_dir / "latest.pt")
     train(cfg, resume=True)
-    assert read_metrics(cfg.run_dir)[-1]["elapsed_s"] > 3600
+    assert read_metrics(cfg.run_dir)[-1].elapsed_s > 3600
+
+
+def test_a_checkpoint_of_a_newer_format_is_a_one_line_error(tmp_path):
+    from spikeguide.training.checkpoint import FORMAT, save_checkpoint
+
+    cfg = parse_config(tiny_config(tmp_path, train={"epochs": 1}))
+    train(cfg, max_steps=1)
+    state = load_checkpoint(cfg.run_dir / "latest.pt")
+    assert state["format"] == FORMAT
+    state["format"] = FORMAT + 1
+    save_checkpoint(state, cfg.run_dir / "latest.pt")
+    with pytest.raises(SpikeguideError, match=f"format {FORMAT + 1}, newer than the format {FORMAT} "
+                                              "this version of spikeguide reads: upgrade"):
+        train(cfg, resume=True)

@@ -24,6 +24,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def or_dash(value: Any) -> Any:
+    """A table cell: the value, or ``-`` where there is none (an ANN's firing rate)."""
+    return "-" if value is None else value
+
+
 def strip_option(argv: list[str], name: str) -> list[str]:
     """``argv`` without ``name VALUE`` or ``name=VALUE``."""
     out, skip = [], False
@@ -40,16 +45,21 @@ def strip_option(argv: list[str], name: str) -> list[str]:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .commands.quickstart import run_quickstart
 
-    rows = run_quickstart(args.out, args.set)
-    runs = [r.pop("run") for r in rows]
+    runs = run_quickstart(args.out, args.set)
+    rows = [{"model": f"{r.cfg.model.name} ({r.cfg.name.upper()})",
+             "T": "-" if r.summary.last.test.firing_rate is None else r.cfg.model.T,
+             "test top1 %": r.summary.last.test.top1, "best top1 %": r.summary.best_top1,
+             "firing rate": or_dash(r.summary.last.test.firing_rate), "seconds": r.seconds}
+            for r in runs]
     print(format_table(rows))
-    print("runs written to: " + ", ".join(runs))
+    print("runs written to: " + ", ".join(r.summary.run_dir for r in runs))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .training.run import train
+    from .training.trainer import firing_text
 
     if args.nproc > 1:
         from .training.distributed import launch
@@ -57,15 +67,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         return launch(args.nproc, strip_option(sys.argv[1:], "--nproc"))
     cfg = load_config(args.recipe, args.set + (["data.options.download=true"] if args.download else []))
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps)
-    if not summary["is_main"]:
+    if not summary.is_main:
         return 0
-    if summary["stopped"]:
-        print(f"stopped at epoch {summary['epoch'] + 1} step {summary['step']}; checkpoint "
-              f"{summary['checkpoint']}\nresume with: spikeguide train "
-              f"{cfg.run_dir / 'config.toml'} --resume")
-        return 128 + summary["signal"] if summary["signal"] else 0
-    print(f"finished {cfg.run_dir}: test top1 {summary['test_top1']:.2f}%, best "
-          f"{summary['best_top1']:.2f}%, mean firing rate {summary['test_firing_rate']:.4f}")
+    if summary.stopped is not None:
+        stop = summary.stopped
+        print(f"stopped at epoch {stop.epoch + 1} step {stop.step}; checkpoint {stop.checkpoint}\n"
+              f"resume with: spikeguide train {cfg.run_dir / 'config.toml'} --resume")
+        return 128 + stop.signal if stop.signal else 0
+    test = summary.last.test
+    print(f"finished {cfg.run_dir}: test top1 {test.top1:.2f}%, best {summary.best_top1:.2f}%, "
+          f"mean firing rate {firing_text(test.firing_rate)}")
     return 0
 
 
@@ -73,12 +84,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .commands.evaluate import evaluate_run
 
     ev = evaluate_run(args.run, args.set, "latest" if args.latest else "best", args.energy_batches)
-    model, cfg, result = ev.model, ev.cfg, ev.result
+    model, cfg, scores = ev.model, ev.cfg, ev.scores
     row = {"model": cfg.model.name, "spiking": model.spiking,
-           "T": cfg.model.T if model.spiking else "-", "top1 %": result["top1"]}
+           "T": cfg.model.T if model.spiking else "-", "top1 %": scores.top1}
     if model.num_classes > 10:
-        row["top5 %"] = result["top5"]
-    row["firing rate"] = result["firing_rate"] if model.spiking else "-"
+        row["top5 %"] = scores.top5
+    row["firing rate"] = or_dash(scores.firing_rate)
     print(format_table([row]))
     if ev.activity is not None:
         print(f"\nactivity and energy on {ev.activity.images} test images:\n")

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .data import DATASETS
 from .errors import SpikeguideError
+from .methods import METHODS
+from .models import MODELS
+from .neurons import NEURONS, RESETS, SURROGATES
+from .training.distributed import AMP_DTYPES
+from .training.optim import OPTIMIZERS, SCHEDULES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -193,8 +199,6 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
 
 
 def _parse_method(raw: Any) -> MethodConfig:
-    from .methods import METHODS  # imported here: methods import the config types
-
     if not isinstance(raw, dict):
         raise SpikeguideError(f"config key 'method' must be a table, got {raw!r}")
     raw = dict(raw)
@@ -292,10 +296,10 @@ def dump_toml(cfg: Config) -> str:
 # --------------------------------------------------------------------------------------------
 
 CHOICES = {
-    "neuron.reset": ("hard", "soft"),
-    "optim.name": ("sgd", "adamw"),
-    "optim.schedule": ("cosine", "constant"),
-    "train.amp": ("none", "bf16", "fp16"),
+    "neuron.reset": RESETS,
+    "optim.name": tuple(OPTIMIZERS),
+    "optim.schedule": SCHEDULES,
+    "train.amp": tuple(AMP_DTYPES),
 }
 
 
@@ -308,10 +312,6 @@ def _get(cfg: Config, key: str) -> Any:
 
 def validate(cfg: Config) -> None:
     """Value checks beyond types; each failure is one line naming the key."""
-    from .data import DATASETS
-    from .models import MODELS
-    from .neurons import NEURONS, SURROGATES
-
     for key, choices in CHOICES.items():
         if _get(cfg, key) not in choices:
             raise SpikeguideError(f"{key} must be one of {choices}, got {_get(cfg, key)!r}")

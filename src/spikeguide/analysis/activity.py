@@ -27,7 +27,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import SpikeguideError
+from ..models.base import in_mode
 from ..neurons import is_spiking
+from .scoring import count_spikes
 
 E_AC = 0.9  # pJ per accumulate
 E_MAC = 4.6  # pJ per multiply-accumulate
@@ -148,12 +150,11 @@ class _Recorder:
     def __init__(self, model: nn.Module):
         self.spiking_storages: set[int] = set()
         self.keep: list[torch.Tensor] = []  # keeps marked storages alive, so no address is reused
-        self.fired: dict[str, list] = {}  # name -> [spikes, neuron-steps, neurons per image-step]
         self.ops: dict[str, _Tally] = {}
         self.handles = []
         for name, m in model.named_modules():
             if is_spiking(m):
-                self.handles.append(m.register_forward_hook(self._neuron(name)))
+                self.handles.append(m.register_forward_hook(self._neuron))
             elif isinstance(m, SYNAPTIC):
                 self.handles.append(m.register_forward_hook(self._synapse(name)))
             elif isinstance(m, SPIKE_PRESERVING):
@@ -170,13 +171,8 @@ class _Recorder:
     def _is_spikes(self, t: torch.Tensor) -> bool:
         return t.untyped_storage().data_ptr() in self.spiking_storages
 
-    def _neuron(self, name):
-        def hook(module, inputs, out):
-            row = self.fired.setdefault(name, [0.0, 0, out[0, 0].numel()])
-            row[0] += out.double().sum().item()
-            row[1] += out.numel()
-            self._mark(out)
-        return hook
+    def _neuron(self, module, inputs, out):
+        self._mark(out)
 
     def _passthrough(self, module, inputs, out):
         if self._is_spikes(inputs[0]):
@@ -206,26 +202,24 @@ def activity_report(model: nn.Module, batches: Iterable, max_batches: int | None
     ``batches`` yields input tensors ``[B, ...]`` or tuples whose first item is one (a data
     loader's ``(x, y)``). Counts are per image over all time steps; see the module docstring.
     """
-    was_training = model.training
-    model.eval()
     rec = _Recorder(model)
     images = 0
     try:
-        for i, batch in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x)
-            rec.end_batch()
-            images += x.shape[0]
+        with in_mode(model, training=False), count_spikes(model) as spikes:
+            for i, batch in enumerate(batches):
+                if max_batches is not None and i >= max_batches:
+                    break
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                model(x)
+                rec.end_batch()
+                images += x.shape[0]
     finally:
         rec.close()
-        model.train(was_training)
     if images == 0:
         raise SpikeguideError("activity_report needs at least one non-empty batch")
     report = ActivityReport(images)
-    for name, (fired, total, neurons) in rec.fired.items():
-        report.neurons.append(NeuronRow(name, neurons, fired / total))
+    for name, layer in spikes.items():
+        report.neurons.append(NeuronRow(name, layer.neurons, layer.rate))
     for name, t in rec.ops.items():
         report.layers.append(LayerRow(name, t.kind, "spikes" if t.spikes else "real",
                                       t.acs / images, t.macs / images, t.ann_macs))

@@ -34,8 +34,9 @@ from torch.nn import functional as F
 from ..config import Config
 from ..data import ArrayDataset, Augment, InMemoryLoader
 from ..errors import SpikeguideError
+from ..models.base import in_mode
 from ..neurons import SURROGATES, Surrogate, get_surrogate, is_spiking
-from .scoring import record_firing
+from .scoring import count_spikes
 
 FLAG_FACTOR = 10.0
 SWEEP_KEYS = ("surrogate.width", "surrogate.steepness")  # steepness k = 1 / width
@@ -117,11 +118,9 @@ def gradient_flow(model: nn.Module, batches: Sequence[Batch]) -> tuple[list[Laye
             inputs[0].register_hook(lambda g: norms[name].append(float(g.double().norm())))
 
     handles = [m.register_forward_pre_hook(pre_hook) for m in names]
-    was_training = model.training
-    model.train()
     losses = []
     try:
-        with record_firing(model) as firing:
+        with in_mode(model, training=True), count_spikes(model) as spikes:
             for x, y in batches:
                 loss = F.cross_entropy(model(x), y)
                 loss.backward()
@@ -130,12 +129,11 @@ def gradient_flow(model: nn.Module, batches: Sequence[Batch]) -> tuple[list[Laye
         for h in handles:
             h.remove()
         model.zero_grad(set_to_none=True)
-        model.train(was_training)
-    order = list(firing.spikes)  # first-call order = depth
+    order = list(spikes)  # first-call order = depth
     mean_norm = {n: sum(norms[n]) / len(norms[n]) if norms[n] else math.nan for n in order}
     first = mean_norm[order[0]]
-    layers = [LayerFlow(n, mean_norm[n], firing.spikes[n] / firing.sites[n],
-                        mean_norm[n] / first if first else math.inf) for n in order]
+    layers = [LayerFlow(n, mean_norm[n], spikes[n].rate, mean_norm[n] / first if first else math.inf)
+              for n in order]
     return layers, sum(losses) / len(losses)
 
 

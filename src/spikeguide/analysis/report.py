@@ -11,29 +11,31 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..errors import SpikeguideError  # noqa: E402
-from ..training.runlog import read_metrics  # noqa: E402
+from ..training.runlog import EpochRecord, read_metrics  # noqa: E402
 
 
-def plot_curves(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+def plot_curves(records: list[EpochRecord], out_dir: Path) -> list[Path]:
     """loss.png, accuracy.png and (for an SNN) firing_rates.png, one point per epoch."""
-    epochs = [r["epoch"] for r in records]
+    epochs = [r.epoch for r in records]
     paths = []
-    panels = [("loss.png", "loss", ["train_loss", "test_loss"]),
-              ("accuracy.png", "top-1 accuracy (%)", ["train_top1", "test_top1"])]
-    for name, ylabel, keys in panels:
+    panels = [("loss.png", "loss", {"train loss": lambda r: r.train_loss,
+                                    "test loss": lambda r: r.test.loss}),
+              ("accuracy.png", "top-1 accuracy (%)", {"train top1": lambda r: r.train_top1,
+                                                       "test top1": lambda r: r.test.top1})]
+    for name, ylabel, curves in panels:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for key in keys:
-            ax.plot(epochs, [r[key] for r in records], marker="o", label=key.replace("_", " "))
+        for label, value in curves.items():
+            ax.plot(epochs, [value(r) for r in records], marker="o", label=label)
         ax.set(xlabel="epoch", ylabel=ylabel)
         ax.legend()
         ax.grid(alpha=0.3)
         paths.append(save(fig, out_dir / name))
-    layers = list(records[-1].get("test_layer_rates", {}))
+    layers = list(records[-1].test.layer_rates)
     if layers:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         cmap = plt.get_cmap("viridis")
         for i, layer in enumerate(layers):
-            ax.plot(epochs, [r["test_layer_rates"].get(layer) for r in records],
+            ax.plot(epochs, [r.test.layer_rates.get(layer) for r in records],
                     color=cmap(i / max(1, len(layers) - 1)), lw=1)
         ax.set(xlabel="epoch", ylabel="test firing rate (spikes per neuron per step)",
                title=f"{len(layers)} spiking layers, first (dark) to last (light)")
@@ -49,12 +51,14 @@ def save(fig, path: Path) -> Path:
     return path
 
 
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    best = max(records, key=lambda r: r["test_top1"])
+def summarize(records: list[EpochRecord]) -> dict[str, Any]:
+    """One table row: final and best test top-1, final firing rate, training time."""
+    best = max(records, key=lambda r: r.test.top1)
     last = records[-1]
-    return {"epochs": last["epoch"], "final top1 %": last["test_top1"],
-            "best top1 %": best["test_top1"], "best epoch": best["epoch"],
-            "final firing rate": last["test_firing_rate"], "train minutes": last["elapsed_s"] / 60}
+    rate = last.test.firing_rate
+    return {"epochs": last.epoch, "final top1 %": last.test.top1, "best top1 %": best.test.top1,
+            "best epoch": best.epoch, "final firing rate": "-" if rate is None else rate,
+            "train minutes": last.elapsed_s / 60}
 
 
 def report(run_dir: str | Path) -> tuple[dict[str, Any], list[Path]]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -42,7 +43,7 @@ from ..errors import SpikeguideError, TrainingStopped
 from ..training.build import build_test_set, load_model
 from ..training.run import ensure_teacher, ensure_trained
 from ..training.runlog import read_metrics
-from ..training.teacher import evaluate_teacher, teacher_source
+from ..training.teacher import score_teacher, teacher_source
 
 
 @dataclass(frozen=True)
@@ -90,13 +91,19 @@ def cell_config(raw: dict, base: Config, variant: Variant, T: int, seed: int, ou
     return parse_config(data)
 
 
-def read_cell(run_dir: Path) -> dict[str, float]:
-    """Best and final test top-1, final firing rate and training seconds from a run's log."""
+@dataclass(frozen=True)
+class CellResult:
+    best_top1: float
+    final_top1: float
+    firing_rate: float  # of the spiking layers, at the end
+    wall_s: float  # training seconds from the run's log, every process of a resumed run
+
+
+def read_cell(run_dir: Path) -> CellResult:
     records = read_metrics(run_dir)
-    return {"best_top1": max(r["test_top1"] for r in records),
-            "final_top1": records[-1]["test_top1"],
-            "firing_rate": records[-1]["test_firing_rate"],
-            "wall_s": records[-1]["elapsed_s"]}  # counts every process of a resumed run
+    return CellResult(best_top1=max(r.test.top1 for r in records),
+                      final_top1=records[-1].test.top1,
+                      firing_rate=records[-1].test.firing_rate, wall_s=records[-1].elapsed_s)
 
 
 CellKey = tuple[str, int, int]  # (variant key, T, seed)
@@ -134,18 +141,19 @@ def comparisons(variants: list[Variant]) -> list[tuple[Variant, Variant]]:
 
 
 def write_tables(out: Path, title: str, teacher: str, teacher_top1: float | None,
-                 results: dict[CellKey, dict[str, float]], variants: list[Variant],
+                 results: dict[CellKey, CellResult], variants: list[Variant],
                  Ts: list[int], seeds: list[int]) -> None:
-    fields = ["best_top1", "final_top1", "firing_rate", "wall_s"]
+    fields = [f.name for f in dataclasses.fields(CellResult)]
     done = [(v, T, s) for v in variants for T in Ts for s in seeds if (v.key, T, s) in results]
     with open(out / "ablation.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["variant", "T", "seed"] + fields)
         for v, T, s in done:
-            writer.writerow([v.label, T, s] + [round(results[v.key, T, s][k], 4) for k in fields])
+            cell = results[v.key, T, s]
+            writer.writerow([v.label, T, s] + [round(getattr(cell, k), 4) for k in fields])
 
     def finals(v: Variant, T: int) -> list[float]:
-        return [results[v.key, T, s]["final_top1"] for s in seeds if (v.key, T, s) in results]
+        return [results[v.key, T, s].final_top1 for s in seeds if (v.key, T, s) in results]
 
     acc = "not recorded" if teacher_top1 is None else f"{teacher_top1:.2f} %"
     header = "| variant | " + " | ".join(f"T={T}" for T in Ts) + " |"
@@ -172,15 +180,15 @@ def write_tables(out: Path, title: str, teacher: str, teacher_top1: float | None
               "| variant | T | seed | best / final | firing rate | wall time |", "|---" * 6 + "|"]
     for v, T, s in done:
         c = results[v.key, T, s]
-        lines.append(f"| {v.label} | {T} | {s} | {c['best_top1']:.2f} / {c['final_top1']:.2f} | "
-                     f"{c['firing_rate']:.4f} | {c['wall_s']:.0f} s |")
+        lines.append(f"| {v.label} | {T} | {s} | {c.best_top1:.2f} / {c.final_top1:.2f} | "
+                     f"{c.firing_rate:.4f} | {c.wall_s:.0f} s |")
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
 
 
 def shared_teacher(base: Config, source: str) -> dict[str, Any]:
     """The teacher's test record, evaluated once for every cell of the ablation."""
     teacher, _, _ = load_model(source)
-    return evaluate_teacher(base, teacher, source, build_test_set(base))
+    return score_teacher(base, teacher, source, build_test_set(base))
 
 
 def train_cell(cfg: Config, teacher_record: dict[str, Any]) -> tuple[bool, float]:
@@ -262,7 +270,7 @@ def run_ablation(recipe: str | Path, Ts: list[int] | None = None,
     teacher_record = shared_teacher(base, teacher)
     cells = {(v.key, T, s): cell_config(raw, base, v, T, s, out, teacher)
              for T in Ts for s in seeds for v in chosen}
-    results: dict[CellKey, dict[str, float]] = {}
+    results: dict[CellKey, CellResult] = {}
 
     def label(key: CellKey) -> str:
         return f"{VARIANTS[key[0]].label} T={key[1]} seed {key[2]}"
@@ -270,9 +278,8 @@ def run_ablation(recipe: str | Path, Ts: list[int] | None = None,
     def record(key: CellKey, trained: bool, seconds: float) -> None:
         results[key] = cell = read_cell(cells[key].run_dir)
         status = f"done in {seconds:.0f} s (setup included)" if trained else "finished before, skipped"
-        echo(f"{label(key)}: {status}: best {cell['best_top1']:.2f}, final "
-             f"{cell['final_top1']:.2f}, firing {cell['firing_rate']:.4f}, "
-             f"{cell['wall_s']:.0f} s in the log")
+        echo(f"{label(key)}: {status}: best {cell.best_top1:.2f}, final {cell.final_top1:.2f}, "
+             f"firing {cell.firing_rate:.4f}, {cell.wall_s:.0f} s in the log")
         write_tables(out, str(recipe), teacher, teacher_record["top1"], results, chosen, Ts, seeds)
 
     if jobs == 1:

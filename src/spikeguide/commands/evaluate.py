@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..analysis.activity import ActivityReport, activity_report, plot_firing_rates
-from ..analysis.scoring import evaluate
+from ..analysis.scoring import Scores, score_model
 from ..config import Config, apply_overrides, parse_config, to_dict
 from ..data.loader import normalized_batches
 from ..models import SpikingNet
@@ -20,7 +19,7 @@ from ..training.distributed import resolve_device
 class Evaluation:
     model: SpikingNet
     cfg: Config
-    result: dict[str, Any]  # metrics.evaluate on the whole test split
+    scores: Scores  # on the whole test split
     activity: ActivityReport | None  # SNNs only
     plot: Path | None  # firing rate per layer, beside the checkpoint
 
@@ -35,11 +34,11 @@ def evaluate_run(path: str | Path, overrides: list[str] = (), prefer: str = "bes
     _, test_set = build_datasets(cfg)
     device = resolve_device(cfg.train.device)
     model = model.to(device)
-    result = evaluate(model, normalized_batches(test_set, cfg.data.eval_batch_size, device))
+    scores = score_model(model, normalized_batches(test_set, cfg.data.eval_batch_size, device))
     activity = plot = None
     if model.spiking:
         batches = normalized_batches(test_set, cfg.data.eval_batch_size, device)
         activity = activity_report(model, batches, max_batches=energy_batches)
         plot = find_checkpoint(path, prefer).parent / "firing_rate_per_layer.png"
         plot_firing_rates(activity, plot)
-    return Evaluation(model, cfg, result, activity, plot)
+    return Evaluation(model, cfg, scores, activity, plot)

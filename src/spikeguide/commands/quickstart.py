@@ -8,11 +8,13 @@ with surrogate-gradient BPTT. The configs below are ordinary recipes: each run w
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import apply_overrides, merge, parse_config
+from ..config import Config, apply_overrides, merge, parse_config
 from ..training.run import train
+from ..training.trainer import TrainSummary
 
 COMMON: dict[str, Any] = {
     "model": {"name": "resnet20", "width": 0.25, "T": 4},
@@ -25,9 +27,17 @@ STUDENT = {"name": "snn", "method": {"name": "bptt"}, "train": {"epochs": 12},
            "optim": {"lr": 0.05}, "teacher": {"init_student": True}}
 
 
+@dataclass(frozen=True)
+class QuickstartRun:
+    cfg: Config
+    summary: TrainSummary
+    seconds: float  # wall time, setup included
+
+
 def run_quickstart(out_dir: str = "runs/quickstart", overrides: list[str] | None = None
-                   ) -> list[dict[str, Any]]:
-    rows = []
+                   ) -> list[QuickstartRun]:
+    """Train the ANN teacher, then its SNN twin initialised from it."""
+    runs = []
     teacher_dir = str(Path(out_dir) / "ann")
     for part in (TEACHER, STUDENT):
         data = merge(COMMON, part, {"out_dir": out_dir})
@@ -36,10 +46,5 @@ def run_quickstart(out_dir: str = "runs/quickstart", overrides: list[str] | None
         cfg = parse_config(apply_overrides(data, list(overrides or [])))
         start = time.time()
         summary = train(cfg, overwrite=True)
-        rows.append({"model": f"{cfg.model.name} ({cfg.name.upper()})",
-                     "T": cfg.model.T if part is STUDENT else "-",
-                     "test top1 %": summary["test_top1"],
-                     "best top1 %": summary["best_top1"],
-                     "firing rate": summary["test_firing_rate"] if part is STUDENT else "-",
-                     "seconds": time.time() - start, "run": summary["run_dir"]})
-    return rows
+        runs.append(QuickstartRun(cfg, summary, time.time() - start))
+    return runs

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import SpikeguideError
 from ..models import SpikingNet
+from ..models.base import in_mode
 from ..models.layers import TimeSequential
 from ..neurons import LIF, is_spiking
 
@@ -151,14 +152,13 @@ def _input_shapes(model: SpikingNet, input_shape: tuple[int, ...]) -> dict[str, 
             x = inputs[0]  # [B, ...] for the encoder and folded layers, [T, B, ...] for neurons
             shapes[_name] = tuple(x.shape[2:] if is_spiking(mod) else x.shape[1:])
         handles.append(m.register_forward_pre_hook(hook))
-    was_training, T = model.training, model.T
+    T = model.T
     try:
-        model.eval()
         model.T = 1
-        model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+        with in_mode(model, training=False):
+            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
     finally:
         model.T = T
-        model.train(was_training)
         for h in handles:
             h.remove()
     return shapes

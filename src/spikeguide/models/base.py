@@ -16,7 +16,9 @@ ReLU and T = 1. ``forward`` returns logits averaged over time, ``[B, num_classes
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -24,6 +26,17 @@ from torch import nn
 from ..errors import SpikeguideError
 from ..neurons import is_spiking
 from .layers import TimeSequential, broadcast_time, fold_apply
+
+
+@contextmanager
+def in_mode(module: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """``module`` in training or eval mode for the block; its own mode afterwards."""
+    was_training = module.training
+    module.train(training)
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 @dataclass

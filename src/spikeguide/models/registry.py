@@ -81,27 +81,33 @@ def apply_repact(model: SpikingNet) -> None:
     model.set_submodule(name, nn.ReLU())
 
 
-def load_twin_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Load a twin's weights (an ANN into its SNN, or back).
+def checked_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str,
+                    twin: bool = False) -> dict[str, torch.Tensor]:
+    """The entries of ``state_dict`` (weights from ``source``) that ``model`` loads.
 
-    Every parameter and buffer must match by name and shape, except neuron parameters that only
-    one side has (a PLIF's learnable decay). Anything else is an error naming the key.
+    Every parameter and buffer must match by name and shape; anything else is an error naming the
+    key and ``source``. With ``twin`` (an ANN's weights into its SNN, or back), neuron parameters
+    that only one side has (a PLIF's learnable decay) are left out instead.
     """
     own = model.state_dict()
     neuron_prefixes = tuple(f"{n}." for n, m in model.named_modules() if is_spiking(m))
-    missing = [k for k in own if k not in state_dict and not k.startswith(neuron_prefixes)]
-    unexpected = [k for k in state_dict if k not in own]
-    neuronish = [k for k in unexpected if k.rsplit(".", 1)[-1] == "decay_logit"]
-    unexpected = [k for k in unexpected if k not in neuronish]
-    if missing or unexpected:
-        raise SpikeguideError(
-            f"weights do not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]} "
-            "(is it another architecture?)"
-        )
+    only_state = [k for k in state_dict if k not in own]
+    skipped = [k for k in only_state if twin and k.rsplit(".", 1)[-1] == "decay_logit"]
+    unmatched = ([k for k in own if k not in state_dict
+                  and not (twin and k.startswith(neuron_prefixes))]
+                 + [k for k in only_state if k not in skipped])
+    if unmatched:
+        raise SpikeguideError(f"{source} holds weights of another architecture: {unmatched[0]!r} "
+                              f"is in only one of them ({len(unmatched)} keys differ)")
     for key, value in state_dict.items():
         if key in own and own[key].shape != value.shape:
             raise SpikeguideError(
-                f"weights do not fit this model: {key} has shape {tuple(value.shape)}, the model "
-                f"expects {tuple(own[key].shape)} (another width or class count?)"
-            )
-    model.load_state_dict({k: v for k, v in state_dict.items() if k not in neuronish}, strict=False)
+                f"{source} does not fit this model: {key} has shape {tuple(value.shape)}, the "
+                f"model needs {tuple(own[key].shape)} (another width or class count?)")
+    return {k: v for k, v in state_dict.items() if k not in skipped}
+
+
+def load_twin_weights(model: nn.Module, state_dict: dict[str, torch.Tensor],
+                      source: str = "the twin's weights") -> None:
+    """Load a twin's weights (an ANN into its SNN, or back); see :func:`checked_weights`."""
+    model.load_state_dict(checked_weights(model, state_dict, source, twin=True), strict=False)

@@ -8,7 +8,7 @@ from ..config import Config, parse_config
 from ..data import ArrayDataset, build_dataset
 from ..errors import SpikeguideError
 from ..methods import METHODS
-from ..models import SpikingNet, create_model
+from ..models import SpikingNet, checked_weights, create_model
 from .checkpoint import find_checkpoint, load_checkpoint
 
 
@@ -51,19 +51,5 @@ def load_model(path: str, prefer: str = "best") -> tuple[SpikingNet, Config, dic
     method = METHODS.get(cfg.method.name)
     info = ckpt["data"]
     model = build_model(cfg, info["num_classes"], info["in_channels"], method.spiking_student)
-    check_compatible(model, ckpt["model"], str(path))
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(checked_weights(model, ckpt["model"], str(path)))
     return model, cfg, ckpt
-
-
-def check_compatible(model, state, source: str) -> None:
-    own = model.state_dict()
-    unmatched = sorted(own.keys() ^ state.keys())
-    if unmatched:
-        raise SpikeguideError(f"{source} holds weights of another architecture "
-                              f"({unmatched[0]!r} is in only one of them)")
-    for key in own:
-        if own[key].shape != state[key].shape:
-            raise SpikeguideError(f"{source} does not fit: {key} has shape "
-                                  f"{tuple(state[key].shape)}, this model needs "
-                                  f"{tuple(own[key].shape)} (another width or class count?)")

@@ -17,6 +17,9 @@ import torch
 
 from ..errors import SpikeguideError
 
+# The layout of a training checkpoint; raise it when a change would make older code misread one.
+FORMAT = 1
+
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
@@ -63,4 +66,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         raise SpikeguideError(f"cannot read checkpoint {str(path)!r}: {e}") from None
     if not isinstance(state, dict) or "model" not in state:
         raise SpikeguideError(f"{str(path)!r} is not a spikeguide checkpoint")
+    if state.get("format", FORMAT) > FORMAT:
+        raise SpikeguideError(
+            f"{str(path)!r} has checkpoint format {state['format']}, newer than the format "
+            f"{FORMAT} this version of spikeguide reads: upgrade spikeguide to load it")
     return state

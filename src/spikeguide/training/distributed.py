@@ -35,6 +35,10 @@ class DistInfo:
         return self.world_size > 1
 
 
+# train.amp -> the autocast dtype (fp16 needs CUDA: its loss scaling uses CUDA's GradScaler)
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..config import OptimConfig
+if TYPE_CHECKING:  # config validates against the names below
+    from ..config import OptimConfig
+
+Params = list[torch.nn.Parameter]
+
+OPTIMIZERS: dict[str, Callable[[OptimConfig, Params], torch.optim.Optimizer]] = {
+    "sgd": lambda cfg, params: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                               nesterov=cfg.nesterov,
+                                               weight_decay=cfg.weight_decay),
+    "adamw": lambda cfg, params: torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
+                                                   weight_decay=cfg.weight_decay),
+}
+SCHEDULES = ("cosine", "constant")
 
 
-def build_optimizer(cfg: OptimConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
-                             weight_decay=cfg.weight_decay)
+def build_optimizer(cfg: OptimConfig, params: Params) -> torch.optim.Optimizer:
+    return OPTIMIZERS[cfg.name](cfg, params)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -17,8 +18,8 @@ from ..config import Config, parse_config, read_toml, to_dict
 from ..data import ArrayDataset
 from ..errors import SpikeguideError, TrainingStopped
 from ..methods import METHODS, Method
-from ..models import load_twin_weights
-from .build import build_datasets, build_model, check_compatible
+from ..models import checked_weights, load_twin_weights
+from .build import build_datasets, build_model
 from .checkpoint import load_checkpoint
 from .distributed import (
     barrier,
@@ -27,8 +28,8 @@ from .distributed import (
     local_device,
     resolve_device,
 )
-from .teacher import prepare_teacher, teacher_config, teacher_summary
-from .trainer import Trainer
+from .teacher import prepare_teacher, recorded_teacher_top1, teacher_config
+from .trainer import Trainer, TrainSummary
 
 log = logging.getLogger("spikeguide")
 
@@ -44,7 +45,7 @@ def build_method(cfg: Config, train_set: ArrayDataset, test_set: ArrayDataset | 
     guided = method_cls.teacher_needed(cfg.method.options)
     teacher = prepare_teacher(cfg, student, test_set, teacher_record) if uses_teacher(cfg) else None
     if cfg.teacher.init_student:
-        load_twin_weights(student, teacher.state_dict())
+        load_twin_weights(student, teacher.state_dict(), f"teacher {cfg.teacher.checkpoint}")
         log.info("student initialized from teacher %s", cfg.teacher.checkpoint)
     return method_cls(student, cfg.method.options, teacher=teacher if guided else None,
                       label_smoothing=cfg.train.label_smoothing)
@@ -66,8 +67,8 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> None:
 
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
           max_steps: int | None = None, teacher_record: dict[str, Any] | None = None
-          ) -> dict[str, Any]:
-    """Train the run ``cfg`` describes; returns the Trainer's summary plus the run directory.
+          ) -> TrainSummary:
+    """Train the run ``cfg`` describes.
 
     ``teacher_record``: the teacher's test record when the caller has already evaluated it
     (an ablation's cells share one), so that it is not evaluated again.
@@ -92,16 +93,14 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     trainer = Trainer(cfg, method, train_set, test_set, device=device, dist=dist)
     if resume:
         state = load_checkpoint(cfg.run_dir / "latest.pt", map_location=trainer.device)
-        check_compatible(method.student, state["model"], str(cfg.run_dir / "latest.pt"))
+        checked_weights(method.student, state["model"], str(cfg.run_dir / "latest.pt"))
         trainer.load_state_dict(state)
         log.info("resumed %s at epoch %d step %d", cfg.run_dir, trainer.epoch, trainer.step)
     summary = trainer.fit(max_steps=max_steps)
     # rank 0 writes the last checkpoint; no process may read the run (a teacher trained first, say)
     # before it is there
     barrier(dist)
-    summary["run_dir"] = str(cfg.run_dir)
-    summary.update(teacher_summary(cfg.run_dir))
-    return summary
+    return replace(summary, run_dir=str(cfg.run_dir), teacher_top1=recorded_teacher_top1(cfg.run_dir))
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,12 +150,12 @@ def ensure_trained(cfg: Config, **train_options: Any) -> bool:
     check_same_config(cfg)
     if is_finished(cfg):
         return False
-    summary = train(cfg, resume=(cfg.run_dir / "latest.pt").is_file(), **train_options)
-    if summary["stopped"]:
+    stopped = train(cfg, resume=(cfg.run_dir / "latest.pt").is_file(), **train_options).stopped
+    if stopped is not None:
         raise TrainingStopped(
-            f"training {str(cfg.run_dir)!r} stopped on signal {summary['signal']} at epoch "
-            f"{summary['epoch'] + 1} step {summary['step']}, its checkpoint written; run the same "
-            "command again to resume it", summary["signal"])
+            f"training {str(cfg.run_dir)!r} stopped on signal {stopped.signal} at epoch "
+            f"{stopped.epoch + 1} step {stopped.step}, its checkpoint written; run the same "
+            "command again to resume it", stopped.signal)
     return True
 
 

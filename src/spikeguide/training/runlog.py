@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
+
+from ..analysis.scoring import Scores
+from ..errors import SpikeguideError
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """What one finished epoch logs: one line of ``metrics.jsonl``."""
+
+    epoch: int  # epochs completed
+    global_step: int
+    lr: float
+    train_loss: float
+    train_top1: float
+    test: Scores
+    elapsed_s: float  # training seconds of the whole run so far, every resumed process counted
+
+    def to_json(self) -> dict[str, Any]:
+        """The flat line of ``metrics.jsonl``: the test scores as ``test_<name>``."""
+        line = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "test"}
+        line.update({f"test_{k}": v for k, v in dataclasses.asdict(self.test).items()})
+        return line
+
+    @classmethod
+    def from_json(cls, line: dict[str, Any]) -> EpochRecord:
+        test = Scores(**{f.name: line[f"test_{f.name}"] for f in dataclasses.fields(Scores)})
+        return cls(**{f.name: line[f.name] for f in dataclasses.fields(cls) if f.name != "test"},
+                   test=test)
 
 
 class RunLog:
@@ -24,23 +54,32 @@ class RunLog:
             kept = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["epoch"] <= epoch]
             self.path.write_text("".join(ln + "\n" for ln in kept))
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: EpochRecord) -> None:
+        line = record.to_json()
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        step = record["global_step"]
-        for key, value in record.items():
+            f.write(json.dumps(line) + "\n")
+        for key, value in line.items():
             if isinstance(value, (int, float)) and key not in ("epoch", "global_step"):
-                self.writer.add_scalar(key.replace("_", "/", 1), value, step)
-        for layer, rate in record.get("test_layer_rates", {}).items():
-            self.writer.add_scalar(f"firing/{layer}", rate, step)
+                self.writer.add_scalar(key.replace("_", "/", 1), value, record.global_step)
+        for layer, rate in record.test.layer_rates.items():
+            self.writer.add_scalar(f"firing/{layer}", rate, record.global_step)
         self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+def read_metrics(run_dir: str | Path) -> list[EpochRecord]:
+    """The epoch records of a run directory (none before its first epoch ends)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(EpochRecord.from_json(json.loads(line)))
+            except (KeyError, TypeError, ValueError) as e:
+                raise SpikeguideError(f"{path} line {number} is not an epoch record of spikeguide "
+                                      f"({type(e).__name__}: {e})") from None
+    return records

@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..analysis.scoring import evaluate
+from ..analysis.scoring import score_model
 from ..config import Config, load_config
 from ..data import ArrayDataset
 from ..data.loader import normalized_batches
@@ -84,14 +84,14 @@ def load_teacher(cfg: Config, student: SpikingNet) -> tuple[SpikingNet, str]:
     return teacher, source
 
 
-def evaluate_teacher(cfg: Config, teacher: SpikingNet, source: str,
-                     test_set: ArrayDataset) -> dict[str, Any]:
-    """The teacher's record on the student's test split."""
+def score_teacher(cfg: Config, teacher: SpikingNet, source: str,
+                  test_set: ArrayDataset) -> dict[str, Any]:
+    """The teacher's record on the student's test split (what ``teacher.json`` holds)."""
     device = resolve_device(cfg.train.device)
-    result = evaluate(teacher.to(device),
-                      normalized_batches(test_set, cfg.data.eval_batch_size, device))
-    log.info("teacher %s: test top1 %.2f", source, result["top1"])
-    return {"checkpoint": source, **{k: result[k] for k in ("top1", "top5", "loss")}}
+    scores = score_model(teacher.to(device),
+                         normalized_batches(test_set, cfg.data.eval_batch_size, device))
+    log.info("teacher %s: test top1 %.2f", source, scores.top1)
+    return {"checkpoint": source, "top1": scores.top1, "top5": scores.top5, "loss": scores.loss}
 
 
 def prepare_teacher(cfg: Config, student: SpikingNet, test_set: ArrayDataset | None = None,
@@ -100,14 +100,14 @@ def prepare_teacher(cfg: Config, student: SpikingNet, test_set: ArrayDataset | N
     goes to the student's run directory."""
     teacher, source = load_teacher(cfg, student)
     if record is None and test_set is not None:
-        record = evaluate_teacher(cfg, teacher, source, test_set)
+        record = score_teacher(cfg, teacher, source, test_set)
     if record is not None:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         (cfg.run_dir / TEACHER_FILE).write_text(json.dumps(record, indent=1) + "\n")
     return teacher
 
 
-def teacher_summary(run_dir: str | Path) -> dict[str, float]:
-    """``{"teacher_top1": ...}`` for a run that recorded its teacher, else ``{}``."""
+def recorded_teacher_top1(run_dir: str | Path) -> float | None:
+    """The teacher's test top-1 recorded in a run directory (None: the run has no teacher)."""
     path = Path(run_dir) / TEACHER_FILE
-    return {"teacher_top1": json.loads(path.read_text())["top1"]} if path.is_file() else {}
+    return json.loads(path.read_text())["top1"] if path.is_file() else None

@@ -17,7 +17,7 @@ import math
 import signal
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,20 +25,43 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..analysis.scoring import evaluate
+from ..analysis.scoring import Scores, score_model
 from ..config import Config, dump_toml, to_dict
 from ..data import ArrayDataset, Augment, InMemoryLoader
 from ..data.loader import mix_seed
 from ..errors import SpikeguideError
 from ..methods import Method
-from .checkpoint import save_checkpoint
-from .distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm
+from .checkpoint import FORMAT, save_checkpoint
+from .distributed import AMP_DTYPES, DistInfo, all_reduce_sum, convert_sync_batchnorm
 from .optim import build_optimizer, lr_factor
-from .runlog import RunLog, read_metrics
+from .runlog import EpochRecord, RunLog, read_metrics
 
 log = logging.getLogger("spikeguide")
 
-CHECKPOINT_FORMAT = 1
+@dataclass(frozen=True)
+class StoppedAt:
+    """Where a run stopped before its last epoch, its checkpoint written."""
+
+    epoch: int  # the epoch in progress (0-based)
+    step: int  # batches of it already trained
+    signal: int | None  # the signal that stopped it; None for max_steps
+    checkpoint: str
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """The outcome of :meth:`Trainer.fit` (and of :func:`spikeguide.train`)."""
+
+    is_main: bool  # this process is the one that writes files (rank 0)
+    best_top1: float
+    last: EpochRecord | None  # the last finished epoch; None if stopped before the first ended
+    stopped: StoppedAt | None = None
+    run_dir: str = ""
+    teacher_top1: float | None = None  # the teacher's test top-1, for guided runs
+
+
+def firing_text(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.4f}"
 
 
 class Trainer:
@@ -100,7 +123,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "format": CHECKPOINT_FORMAT,
+            "format": FORMAT,
             "config": to_dict(self.cfg),
             "data": self.data_info,
             "model": self.method.student.state_dict(),
@@ -143,10 +166,8 @@ class Trainer:
     # ---------------------------------------------------------------- training
 
     def _autocast(self):
-        if self.cfg.train.amp == "none":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.cfg.train.amp == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        dtype = AMP_DTYPES[self.cfg.train.amp]
+        return nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> bool:
         """One optimizer step; returns whether any process asked to stop."""
@@ -198,19 +219,20 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
-    def evaluate(self) -> dict[str, Any]:
-        return evaluate(self.method.student, self.test_loader, self.augment.normalize,
-                        reduce=lambda values: all_reduce_sum(values, self.dist))
+    def test(self) -> Scores:
+        """The student's scores on the test split (each process scores its shard)."""
+        return score_model(self.method.student, self.test_loader, self.augment.normalize,
+                           reduce=lambda values: all_reduce_sum(values, self.dist))
 
-    def fit(self, max_steps: int | None = None) -> dict[str, Any]:
+    def fit(self, max_steps: int | None = None) -> TrainSummary:
         """Train to ``train.epochs`` (or stop after ``max_steps`` global steps, or on a signal,
-        with a checkpoint); returns a summary."""
+        with a checkpoint)."""
         if self.dist.is_main:
             self._write_config()
             self.log = RunLog(self.run_dir, self.epoch, self.global_step)
         epochs, every = self.cfg.train.epochs, self.cfg.train.checkpoint_every
         self.fit_start = time.time()
-        last: dict[str, Any] = {}
+        last: EpochRecord | None = None
         show = None if self.cfg.train.progress and self.dist.is_main else True
         try:
             with self._stop_on_signals():
@@ -225,38 +247,33 @@ class Trainer:
                         if stop or self.global_step == max_steps:
                             bar.close()
                             path = self.save("latest")
-                            return {"stopped": True, "checkpoint": str(path), "epoch": self.epoch,
-                                    "step": self.step, "signal": self.stop_signal,
-                                    "is_main": self.dist.is_main}
+                            finished = read_metrics(self.run_dir)
+                            return TrainSummary(
+                                self.dist.is_main, self.best_top1, finished[-1] if finished else None,
+                                StoppedAt(self.epoch, self.step, self.stop_signal, str(path)))
                         if every and self.global_step % every == 0 and self.step < len(self.train_loader):
                             self.save("latest")
                     last = self._end_epoch(self.elapsed())
         finally:
             if self.dist.is_main:
                 self.log.close()
-        if not last:  # resumed a run that had already finished
+        if last is None:  # resumed a run that had already finished
             last = read_metrics(self.run_dir)[-1]
-        return {"stopped": False, "best_top1": self.best_top1, "is_main": self.dist.is_main, **last}
+        return TrainSummary(self.dist.is_main, self.best_top1, last)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.fit_start
 
-    def _end_epoch(self, elapsed: float) -> dict[str, Any]:
+    def _end_epoch(self, elapsed: float) -> EpochRecord:
         loss, correct, seen = all_reduce_sum(
             [self.epoch_stats["loss"], self.epoch_stats["correct"], self.epoch_stats["seen"]],
             self.dist)
-        result = self.evaluate()
-        record = {
-            "epoch": self.epoch + 1,  # epochs completed
-            "global_step": self.global_step,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "train_loss": loss / seen,
-            "train_top1": 100 * correct / seen,
-            **{f"test_{k}": v for k, v in result.items()},
-            "elapsed_s": elapsed,
-        }
-        improved = result["top1"] > self.best_top1
-        self.best_top1 = max(self.best_top1, result["top1"])
+        scores = self.test()
+        record = EpochRecord(epoch=self.epoch + 1, global_step=self.global_step,
+                             lr=self.optimizer.param_groups[0]["lr"], train_loss=loss / seen,
+                             train_top1=100 * correct / seen, test=scores, elapsed_s=elapsed)
+        improved = scores.top1 > self.best_top1
+        self.best_top1 = max(self.best_top1, scores.top1)
         self.epoch, self.step = self.epoch + 1, 0
         self.epoch_stats = {"loss": 0.0, "correct": 0, "seen": 0}
         # this order keeps the log, best.pt and latest.pt consistent if killed in between:
@@ -266,7 +283,7 @@ class Trainer:
         if improved:
             self.save("best")
         self.save("latest")
-        log.info("epoch %d: train loss %.4f top1 %.2f | test top1 %.2f (best %.2f) | firing %.4f",
-                 self.epoch, record["train_loss"], record["train_top1"], result["top1"],
-                 self.best_top1, result["firing_rate"])
+        log.info("epoch %d: train loss %.4f top1 %.2f | test top1 %.2f (best %.2f) | firing %s",
+                 self.epoch, record.train_loss, record.train_top1, scores.top1, self.best_top1,
+                 firing_text(scores.firing_rate))
         return record
