@@ -124,3 +124,69 @@ def test_unexportable_models_say_why():
         to_nir(trained_looking(neuron_options={"reset": "soft"}))
     with pytest.raises(SpikeguideError, match="spiking"):
         to_nir(create_model("resnet20", width=1 / 16, spiking=False))
+
+
+def test_export_command_writes_the_runs_snn(tmp_path):
+    from conftest import run_cli, tiny_config, write_recipe
+
+    from spikeguide.config import load_config
+    from spikeguide.training.run import train
+
+    recipe = write_recipe(tmp_path / "snn.toml", tiny_config(tmp_path, train={"epochs": 1}))
+    cfg = load_config(recipe)
+    train(cfg, max_steps=2)  # stopped after two steps: latest.pt only
+    out = tmp_path / "model.nir"
+    proc = run_cli("export", str(cfg.run_dir), "--out", str(out), "--latest")
+    assert proc.returncode == 0, proc.stderr
+    graph = nir.read(str(out))
+    assert graph.nodes["input"].input_type["input"].tolist() == [1, 8, 8]  # digits at 8x8
+    assert sum(isinstance(n, nir.LIF) for n in graph.nodes.values()) == 19
+    bad = run_cli("export", str(cfg.run_dir), "--out", str(out), "--format", "onnx")
+    assert bad.returncode == 2 and "unknown export format 'onnx'; choose one of nir" in bad.stderr
+
+
+def test_export_of_a_checkpoint_without_its_input_shape_asks_for_it(tmp_path):
+    from conftest import tiny_config
+
+    from spikeguide.commands.export import export_run
+    from spikeguide.config import parse_config
+    from spikeguide.training.checkpoint import load_checkpoint, save_checkpoint
+    from spikeguide.training.run import train
+
+    cfg = parse_config(tiny_config(tmp_path, train={"epochs": 1}))
+    train(cfg, max_steps=1)
+    state = load_checkpoint(cfg.run_dir / "latest.pt")
+    del state["data"]["frame_shape"]  # as written before checkpoints recorded it
+    save_checkpoint(state, cfg.run_dir / "latest.pt")
+    with pytest.raises(SpikeguideError, match="does not record its input shape.*--frame-shape"):
+        export_run(cfg.run_dir, tmp_path / "m.nir", prefer="latest")
+    export_run(cfg.run_dir, tmp_path / "m.nir", prefer="latest", frame_shape=(1, 8, 8))
+    assert nir.read(str(tmp_path / "m.nir")).nodes["input"].input_type["input"].tolist() == [1, 8, 8]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet20", "vggsnn"])
+def test_snntorch_imports_the_export_and_computes_the_same_outputs(name, tmp_path):
+    """snnTorch's NIR importer, a maintained third-party reader, runs the exported file: its
+    per-step outputs equal the model's to float rounding (hard-reset LIF; see docs/speed.md for
+    what its importer does not read)."""
+    import contextlib
+    import io
+
+    snntorch_utils = pytest.importorskip("snntorch.utils")
+    from snntorch.import_nir import import_from_nir
+
+    kw = {"in_channels": 2, "input_size": 16} if name == "vggsnn" else {}
+    model = trained_looking(name, neuron_options={"decay": 0.5}, **kw)
+    shape = (kw.get("in_channels", 3), 16, 16)
+    export_nir(model, tmp_path / "m.nir", shape, dt=1e-4)  # snnTorch's importer assumes 1e-4
+    with contextlib.redirect_stdout(io.StringIO()):  # the importer prints warnings
+        imported = import_from_nir(nir.read(str(tmp_path / "m.nir")))
+    x = torch.randn(1, *shape)  # batch 1: the importer's Flatten counts the batch dimension
+    with torch.no_grad():
+        expected = model.forward_features(x).logits_t[:, 0]
+        snntorch_utils.reset(imported)
+        steps = [imported(x) for _ in range(model.T)]
+    got = torch.stack([(s[0] if isinstance(s, tuple) else s).reshape(-1) for s in steps])
+    assert (expected[0] - expected[-1]).abs().max() > 0.05  # neurons fire: outputs vary in time
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)

@@ -108,6 +108,15 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .commands.export import export_run
+
+    out = export_run(args.run, args.out, args.format, "latest" if args.latest else "best", args.dt,
+                     tuple(args.frame_shape) if args.frame_shape else None)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from .analysis.diagnose import (
         FLAG_FACTOR,
@@ -190,6 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test batches counted for activity and energy (default: %(default)s)")
     add_set(p)
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("export", help="write a run's SNN to a file for other tools (NIR)")
+    p.add_argument("run", help="a run directory or checkpoint")
+    p.add_argument("--format", default="nir", help="nir (default: %(default)s)")
+    p.add_argument("--out", required=True, help="the file to write, e.g. model.nir")
+    p.add_argument("--latest", action="store_true", help="use latest.pt instead of best.pt")
+    p.add_argument("--dt", type=float, default=1.0,
+                   help="time step of the NIR neurons (default: %(default)s; snnTorch's importer "
+                        "expects 1e-4)")
+    p.add_argument("--frame-shape", type=int, nargs=3, default=None, metavar=("C", "H", "W"),
+                   help="input shape of one frame, for checkpoints that do not record it")
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("report", help="plot a run's curves to PNG and print its summary")
     p.add_argument("run")

@@ -97,6 +97,7 @@ class Trainer:
                                           drop_last=False, device=device, rank=dist.rank,
                                           world_size=dist.world_size)
         self.data_info = {"num_classes": train_set.num_classes, "in_channels": train_set.in_channels,
+                          "frame_shape": list(train_set.x.shape[-3:]),  # [C, H, W] of one input
                           "train": train_set.info, "test": test_set.info}
         params = [p for p in method.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(cfg.optim, params)
