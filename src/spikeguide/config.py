@@ -78,6 +78,9 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
+    # all: every parameter; weights: the weights of convolutions and linear layers only (none on
+    # batch norm, biases or neuron parameters), as the rate-BP paper's official code
+    weight_decay_on: str = "all"
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     schedule: str = "cosine"  # cosine | constant; stepped every iteration
     warmup_epochs: float = 0.0  # linear warm-up from 0
@@ -295,6 +298,7 @@ CHOICES = {
     "neuron.reset": ("hard", "soft"),
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "constant"),
+    "optim.weight_decay_on": ("all", "weights"),
     "train.amp": ("none", "bf16", "fp16"),
 }
 

@@ -3,18 +3,40 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+from torch import nn
 
 from ..config import OptimConfig
 
+# layers whose weight (not bias) gets weight decay under optim.weight_decay_on = "weights"
+DECAYED_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 
-def build_optimizer(cfg: OptimConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+
+def param_groups(cfg: OptimConfig, module: nn.Module) -> list[dict[str, Any]]:
+    """The trainable parameters of ``module`` in optimizer groups with their weight decay.
+
+    ``weight_decay_on = "all"``: one group, every parameter decayed. ``"weights"``: the weights of
+    convolutions and linear layers decayed, everything else (batch norm, biases, neuron
+    parameters such as a PLIF's decay) not, as the official code of the rate-BP paper splits them
+    (``util/util.py::split_params`` of Tab-ct/rate-based-backpropagation).
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    if cfg.weight_decay_on == "all":
+        return [{"params": params, "weight_decay": cfg.weight_decay}]
+    weights = {id(m.weight) for m in module.modules() if isinstance(m, DECAYED_LAYERS)}
+    groups = [{"params": [p for p in params if id(p) in weights], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if id(p) not in weights], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(cfg: OptimConfig, module: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of ``module``'s trainable parameters (see :func:`param_groups`)."""
+    groups = param_groups(cfg, module)
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
-                             weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
