@@ -124,3 +124,18 @@ def test_unexportable_models_say_why():
         to_nir(trained_looking(neuron_options={"reset": "soft"}))
     with pytest.raises(SpikeguideError, match="spiking"):
         to_nir(create_model("resnet20", width=1 / 16, spiking=False))
+
+
+@pytest.mark.parametrize("name,channels", [("resnet19", 3), ("vgg11", 3), ("vggsnn_dvs", 2)])
+def test_the_graph_of_other_zoo_models_computes_the_model(name, channels):
+    extra = dict(in_channels=2, input_size=32) if name == "vggsnn_dvs" else {}
+    net = trained_looking(name, **extra)
+    graph = to_nir(net, input_shape=(channels, 32, 32))
+    images = torch.randn(2, channels, 32, 32)
+    torch.testing.assert_close(simulate(graph, images, net.T), net(images), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["sew_resnet34", "preact_resnet34"])
+def test_models_with_max_pooling_are_refused_by_name(name):
+    with pytest.raises(SpikeguideError, match="MaxPool2d has no NIR counterpart"):
+        to_nir(trained_looking(name))
