@@ -99,3 +99,17 @@ def test_eval_refuses_overrides_that_would_not_evaluate_the_run(finished_run, ca
     key = override.partition("=")[0]
     assert code == 2 and not out and len(err.strip().splitlines()) == 1
     assert f"cannot apply --set {key}" in err and "model.T, neuron.threshold" in err
+
+
+def test_another_T_is_refused_for_event_frames_which_bring_their_own():
+    import torch
+
+    from spikeguide.config import parse_config
+    from spikeguide.data import ArrayDataset
+    from spikeguide.errors import SpikeguideError
+    from spikeguide.training.build import check_frames
+
+    frames = ArrayDataset(torch.zeros(2, 5, 2, 8, 8, dtype=torch.uint8), torch.zeros(2).long(), ["a"])
+    check_frames(parse_config({"model": {"T": 5}}), frames)
+    with pytest.raises(SpikeguideError, match="model.T is 8 but the event data has 5 frames"):
+        check_frames(parse_config({"model": {"T": 8}}), frames)
