@@ -3,8 +3,7 @@
 Blocks follow the spiking ResNet used by TET, EnOF and the rate-BP paper: conv-BN-activation
 inside the residual branch and an activation after the addition, so every activation sees a
 batch-normalized input current. The activation factory decides whether the network is an ANN
-(ReLU) or an SNN (LIF). The SEW and pre-activation variants are in :mod:`.sew_resnet` and
-:mod:`.preact_resnet`.
+(ReLU) or an SNN (LIF). The SEW and pre-activation ResNet-34 are in :mod:`.imagenet_resnets`.
 """
 
 from __future__ import annotations
