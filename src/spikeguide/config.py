@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpikeguideError
+from .training.optim import WEIGHT_DECAY_ON
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -298,7 +299,7 @@ CHOICES = {
     "neuron.reset": ("hard", "soft"),
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "constant"),
-    "optim.weight_decay_on": ("all", "weights"),
+    "optim.weight_decay_on": WEIGHT_DECAY_ON,
     "train.amp": ("none", "bf16", "fp16"),
 }
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ..config import OptimConfig
+if TYPE_CHECKING:  # config validates against the names below
+    from ..config import OptimConfig
 
+WEIGHT_DECAY_ON = ("all", "weights")
 # layers whose weight (not bias) gets weight decay under optim.weight_decay_on = "weights"
 DECAYED_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 
