@@ -93,9 +93,9 @@ def test_eval_overrides_change_the_evaluated_model(finished_run, capsys):
 
 @pytest.mark.parametrize("override", ['model.name="resnet19"', "model.width=0.5", "train.epochs=3",
                                       'method.name="ann"'])
-def test_eval_refuses_overrides_that_would_not_evaluate_the_run(finished_run, capsys, override):
-    _, run_dir = finished_run
-    code, out, err = run(capsys, "eval", str(run_dir), "--set", override)
+def test_eval_refuses_overrides_that_would_not_evaluate_the_run(tmp_path, capsys, override):
+    # refused before the run is read: no run is needed
+    code, out, err = run(capsys, "eval", str(tmp_path), "--set", override)
     key = override.partition("=")[0]
     assert code == 2 and not out and len(err.strip().splitlines()) == 1
     assert f"cannot apply --set {key}" in err and "model.T, neuron.threshold" in err

@@ -145,3 +145,14 @@ def test_activations_sit_where_each_block_type_puts_them():
     # resnet19: the hidden layer's LIF is the last activation, the one RepAct replaces
     assert resnet19.neurons()[-1][0] == "pool.act"
     assert isinstance(create_model("resnet19", repact=True, **SMALL).pool.act, nn.ReLU)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_repact_turns_every_models_last_neuron_into_a_relu(name):
+    kwargs, x = small_input(name)
+    plain = create_model(name, T=2, **SMALL, **kwargs)
+    rep = create_model(name, T=2, repact=True, **SMALL, **kwargs)
+    last = plain.neurons()[-1][0]
+    assert isinstance(rep.get_submodule(last), nn.ReLU)
+    assert len(rep.neurons()) == len(plain.neurons()) - 1
+    assert rep.forward_features(x).logits.shape == (2, 10)
