@@ -74,3 +74,42 @@ def test_strip_option():
     assert strip_option(["train", "r.toml", "--nproc", "2", "--resume"], "--nproc") == \
         ["train", "r.toml", "--resume"]
     assert strip_option(["train", "--nproc=4", "r.toml"], "--nproc") == ["train", "r.toml"]
+
+
+def test_eval_overrides_change_the_evaluated_model(finished_run, capsys):
+    from spikeguide.commands.evaluate import evaluate_run
+
+    _, run_dir = finished_run
+    code, out, _ = run(capsys, "eval", str(run_dir), "--set", "model.T=4")
+    assert code == 0 and out.splitlines()[2].split()[:3] == ["resnet20", "True", "4"]
+    trained = evaluate_run(run_dir)
+    lower = evaluate_run(run_dir, ["model.T=4", "neuron.threshold=0.5", "data.eval_batch_size=7"])
+    assert trained.model.T == 2 and lower.model.T == 4 and lower.cfg.data.eval_batch_size == 7
+    assert {m.threshold for _, m in lower.model.neurons()} == {0.5}
+    # the same weights, more spikes below a lower threshold
+    assert lower.scores.firing_rate > trained.scores.firing_rate
+    assert all(v.equal(lower.model.state_dict()[k]) for k, v in trained.model.state_dict().items())
+
+
+@pytest.mark.parametrize("override", ['model.name="resnet19"', "model.width=0.5", "train.epochs=3",
+                                      'method.name="ann"'])
+def test_eval_refuses_overrides_that_would_not_evaluate_the_run(tmp_path, capsys, override):
+    # refused before the run is read: no run is needed
+    code, out, err = run(capsys, "eval", str(tmp_path), "--set", override)
+    key = override.partition("=")[0]
+    assert code == 2 and not out and len(err.strip().splitlines()) == 1
+    assert f"cannot apply --set {key}" in err and "model.T, neuron.threshold" in err
+
+
+def test_another_T_is_refused_for_event_frames_which_bring_their_own():
+    import torch
+
+    from spikeguide.config import parse_config
+    from spikeguide.data import ArrayDataset
+    from spikeguide.errors import SpikeguideError
+    from spikeguide.training.build import check_frames
+
+    frames = ArrayDataset(torch.zeros(2, 5, 2, 8, 8, dtype=torch.uint8), torch.zeros(2).long(), ["a"])
+    check_frames(parse_config({"model": {"T": 5}}), frames)
+    with pytest.raises(SpikeguideError, match="model.T is 8 but the event data has 5 frames"):
+        check_frames(parse_config({"model": {"T": 8}}), frames)

@@ -41,7 +41,8 @@ def test_width_sweep_flags_narrow_and_wide_and_recommends_a_tuned_width(
         surrogate, narrow, between, tuned, wide):
     model, batches = deep_narrow_snn(surrogate)
     reports = sweep_widths(model, batches, [narrow, between, tuned, wide], steps=3,
-                           make_optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
+                           make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.05,
+                                                                     momentum=0.9))
     by_width = {r.width: r for r in reports}
     n_layers = len([m for m in model.modules() if is_spiking(m)])
     assert all(len(r.layers) == n_layers == 49 for r in reports)

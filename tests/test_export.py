@@ -190,3 +190,18 @@ def test_snntorch_imports_the_export_and_computes_the_same_outputs(name, tmp_pat
     got = torch.stack([(s[0] if isinstance(s, tuple) else s).reshape(-1) for s in steps])
     assert (expected[0] - expected[-1]).abs().max() > 0.05  # neurons fire: outputs vary in time
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name,channels", [("resnet19", 3), ("vgg11", 3), ("vggsnn_dvs", 2)])
+def test_the_graph_of_other_zoo_models_computes_the_model(name, channels):
+    extra = dict(in_channels=2, input_size=32) if name == "vggsnn_dvs" else {}
+    net = trained_looking(name, **extra)
+    graph = to_nir(net, input_shape=(channels, 32, 32))
+    images = torch.randn(2, channels, 32, 32)
+    torch.testing.assert_close(simulate(graph, images, net.T), net(images), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["sew_resnet34", "preact_resnet34"])
+def test_models_with_max_pooling_are_refused_by_name(name):
+    with pytest.raises(SpikeguideError, match="MaxPool2d has no NIR counterpart"):
+        to_nir(trained_looking(name))

@@ -6,6 +6,7 @@ import torch
 from spikeguide.config import parse_config
 from spikeguide.errors import SpikeguideError
 from spikeguide.methods import METHODS
+from spikeguide.methods.hybrid import mapping_module
 from spikeguide.methods.losses import kd_loss
 from spikeguide.models import create_model
 from spikeguide.ratepass import rate_forward
@@ -30,9 +31,8 @@ def first_stage_grad(student):
 
 def test_every_hybrid_branch_sends_gradient_into_the_first_snn_stage():
     student, teacher = pair()
-    method = Hybrid(student, teacher=teacher).train()
+    method = Hybrid(student, Hybrid.Options(cuts=[1, 2, 3]), teacher=teacher).train()
     x, y = batch()
-    assert method.cuts == [1, 2, 3]
     for i in range(len(method.cuts)):
         student.zero_grad()
         out = rate_forward(student, x, return_stages=True)
@@ -96,12 +96,41 @@ def test_bad_cuts_are_refused(cuts):
 
 
 def test_hybrid_works_on_every_stage_layout():
-    for name in ("resnet20", "resnet18"):
+    for name in ("resnet20", "resnet18", "vgg11", "sew_resnet34", "preact_resnet34"):
         student, teacher = pair(name)
         method = Hybrid(student, teacher=teacher).train()
         x, y = batch(2)
         method.training_step(x, y).loss.backward()
-        assert first_stage_grad(student) > 0 and len(method.mappings) == len(student.stages)
+        assert first_stage_grad(student) > 0, name
+
+
+def test_default_cuts_are_after_stages_1_to_K_minus_1_as_in_the_paper():
+    # Figure 1 of the hybrid paper: ResNet-18 (four stages) has hybrid models M0, M1, M2
+    student, teacher = pair("resnet18")
+    assert Hybrid(student, teacher=teacher).cuts == [1, 2, 3]
+    student, teacher = pair("resnet19")
+    method = Hybrid(student, teacher=teacher)
+    assert method.cuts == [1, 2] and sorted(method.mappings) == ["1", "2"]
+
+
+def test_a_model_without_declared_stage_channels_is_refused():
+    student, teacher = pair()
+    student.stage_channels = None
+    with pytest.raises(SpikeguideError, match="stage_channels"):
+        Hybrid(student, teacher=teacher)
+    student, teacher = pair()
+    teacher.stage_channels = [1, 2, 3]
+    with pytest.raises(SpikeguideError, match="differ in channels"):
+        Hybrid(student, teacher=teacher)
+
+
+def test_a_fresh_mapping_module_standardises_each_channel_rather_than_passing_it_on():
+    mapping = mapping_module(3).train()
+    x = torch.rand(8, 3, 4, 4) * torch.tensor([1.0, 5.0, 0.2]).view(1, 3, 1, 1) + 2
+    expected = (x - x.mean((0, 2, 3), keepdim=True)) / torch.sqrt(
+        x.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5)
+    torch.testing.assert_close(mapping(x), expected)
+    assert not torch.allclose(mapping(x), x)
 
 
 def test_ratebp_distills_only_with_a_teacher():

@@ -10,7 +10,7 @@ SMALL = dict(width=0.125)
 
 
 def small_input(name, batch=2):
-    if name == "vggsnn":
+    if name in ("vggsnn", "vggsnn_dvs"):  # event-frame models with a flattening head
         return dict(in_channels=2, input_size=32), torch.rand(batch, 2, 32, 32)
     return dict(in_channels=3), torch.rand(batch, 3, 32, 32)
 
@@ -75,7 +75,9 @@ def test_frames_input_runs_one_step_per_frame():
 
 
 def test_width_scales_channels():
-    assert create_model("resnet19", width=0.25).classifier.in_features == 128
+    resnet19 = create_model("resnet19", width=0.25)
+    assert resnet19.pool.fc.in_features == 128 and resnet19.classifier.in_features == 64
+    assert resnet19.stage_channels == [32, 64, 128]
     assert create_model("resnet50", width=0.25).classifier.in_features == 512
 
 
@@ -113,3 +115,59 @@ def test_a_plif_twin_loads_ann_weights_but_nothing_else_that_only_one_side_has()
     ann["extra.weight"] = torch.zeros(1)
     with pytest.raises(SpikeguideError, match="'extra.weight' is in only one of them"):
         load_twin_weights(plif, ann)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_declared_stage_channels_are_the_stage_outputs(name):
+    kwargs, x = small_input(name)
+    model = create_model(name, T=1, **SMALL, **kwargs)
+    out = model.forward_features(x, return_stages=True)
+    assert model.stage_channels == [stage.shape[2] for stage in out.stages]
+
+
+# Parameter counts of the official code's models (Tab-ct/rate-based-backpropagation, model/*.py,
+# instantiated with its defaults and the class count shown); the ANN twins here, fed the same
+# weights in the same order, also give the same outputs (checked when these models were added).
+OFFICIAL_PARAMETERS = [
+    ("resnet18", dict(stem="cifar"), 11_173_962),
+    ("resnet19", {}, 12_697_994),
+    ("vgg11", {}, 11_001_354),
+    ("vgg13", {}, 9_416_010),
+    ("vggsnn_cifar", dict(num_classes=100), 9_686_884),
+    ("vggsnn_dvs", dict(in_channels=2), 9_271_498),
+    ("sew_resnet34", dict(num_classes=1000), 21_806_184),
+    ("preact_resnet34", dict(num_classes=1000), 21_806_184),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,count", OFFICIAL_PARAMETERS,
+                         ids=[p[0] for p in OFFICIAL_PARAMETERS])
+def test_models_of_the_official_rate_bp_code_have_its_parameter_count(name, kwargs, count):
+    model = create_model(name, spiking=False, **kwargs)
+    assert sum(p.numel() for p in model.parameters()) == count
+
+
+def test_activations_sit_where_each_block_type_puts_them():
+    sew, preact, resnet19 = (create_model(n, **SMALL) for n in
+                             ("sew_resnet34", "preact_resnet34", "resnet19"))
+    first = lambda model: [n for n, _ in model.neurons() if n.startswith("stages.1.0.")]  # noqa: E731
+    # SEW: conv-BN-LIF twice in the branch and in the downsampling shortcut, nothing after the sum
+    assert first(sew) == ["stages.1.0.residual.act1", "stages.1.0.residual.act2",
+                          "stages.1.0.shortcut.act1"]
+    # pre-activation: LIF before each convolution of the branch; a plain conv-BN shortcut
+    assert first(preact) == ["stages.1.0.residual.act1", "stages.1.0.residual.act2"]
+    assert not [n for n, _ in preact.neurons() if n.startswith("stem")]
+    # resnet19: the hidden layer's LIF is the last activation, the one RepAct replaces
+    assert resnet19.neurons()[-1][0] == "pool.act"
+    assert isinstance(create_model("resnet19", repact=True, **SMALL).pool.act, nn.ReLU)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_repact_turns_every_models_last_neuron_into_a_relu(name):
+    kwargs, x = small_input(name)
+    plain = create_model(name, T=2, **SMALL, **kwargs)
+    rep = create_model(name, T=2, repact=True, **SMALL, **kwargs)
+    last = plain.neurons()[-1][0]
+    assert isinstance(rep.get_submodule(last), nn.ReLU)
+    assert len(rep.neurons()) == len(plain.neurons()) - 1
+    assert rep.forward_features(x).logits.shape == (2, 10)

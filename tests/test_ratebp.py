@@ -14,7 +14,7 @@ RULES = [("soft", True), ("soft", False), ("hard", True), ("hard", False)]
 
 
 def small(name, T, batch=4, **kw):
-    extra = dict(in_channels=2, input_size=32) if name == "vggsnn" else {}
+    extra = dict(in_channels=2, input_size=32) if name in ("vggsnn", "vggsnn_dvs") else {}
     model = create_model(name, T=T, width=0.125, **extra, **kw).double()
     return model, torch.rand(batch, extra.get("in_channels", 3), 32, 32, dtype=torch.double)
 

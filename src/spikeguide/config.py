@@ -23,7 +23,7 @@ from .methods import METHODS
 from .models import MODELS
 from .neurons import NEURONS, RESETS, SURROGATES
 from .training.distributed import AMP_DTYPES
-from .training.optim import OPTIMIZERS, SCHEDULES
+from .training.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_ON
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -84,6 +84,9 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
+    # all: every parameter; weights: the weights of convolutions and linear layers only (none on
+    # batch norm, biases or neuron parameters), as the rate-BP paper's official code
+    weight_decay_on: str = "all"
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     schedule: str = "cosine"  # cosine | constant; stepped every iteration
     warmup_epochs: float = 0.0  # linear warm-up from 0
@@ -299,6 +302,7 @@ CHOICES = {
     "neuron.reset": RESETS,
     "optim.name": tuple(OPTIMIZERS),
     "optim.schedule": SCHEDULES,
+    "optim.weight_decay_on": WEIGHT_DECAY_ON,
     "train.amp": tuple(AMP_DTYPES),
 }
 

@@ -25,7 +25,7 @@ import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -42,7 +42,7 @@ FLAG_FACTOR = 10.0
 SWEEP_KEYS = ("surrogate.width", "surrogate.steepness")  # steepness k = 1 / width
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-MakeOptimizer = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+MakeOptimizer = Callable[[nn.Module], torch.optim.Optimizer]
 
 
 @dataclass
@@ -150,7 +150,7 @@ def set_surrogate(model: nn.Module, surrogate: Surrogate) -> None:
 def trial_loss(model: nn.Module, batches: Sequence[Batch], steps: int,
                make_optimizer: MakeOptimizer) -> float:
     """Train ``steps`` steps cycling through ``batches``; the mean loss on them afterwards."""
-    optimizer = make_optimizer(model.parameters())
+    optimizer = make_optimizer(model)
     model.train()
     for step in range(steps):
         x, y = batches[step % len(batches)]
@@ -166,10 +166,11 @@ def sweep_widths(model: nn.Module, batches: Sequence[Batch], widths: Sequence[fl
                  make_optimizer: MakeOptimizer | None = None) -> list[FlowReport]:
     """The gradient flow of ``model`` for each surrogate width (None: the configured one), each
     from a copy of the same initial weights; with ``steps`` > 0 each copy is then trained that
-    many steps on ``batches`` with ``make_optimizer(params)`` (default: SGD, lr 0.1, momentum
+    many steps on ``batches`` with ``make_optimizer(model)`` (default: SGD, lr 0.1, momentum
     0.9)."""
     configured = next(iter(spiking_names(model))).surrogate
-    make_optimizer = make_optimizer or (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
+    make_optimizer = make_optimizer or (
+        lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
     reports = []
     for width in widths or [configured.width]:
         copy_ = copy.deepcopy(model)
@@ -287,7 +288,7 @@ def diagnose(cfg: Config, widths: Sequence[float] | None = None, *, batches: int
     model = build_model(cfg, train_set.num_classes, train_set.in_channels,
                         METHODS.get(cfg.method.name).spiking_student).to(data[0][0].device)
     reports = sweep_widths(model, data, widths, steps=steps,
-                           make_optimizer=lambda p: build_optimizer(cfg.optim, list(p)))
+                           make_optimizer=lambda m: build_optimizer(cfg.optim, m))
     out = Path(out) if out is not None else Path(cfg.out_dir) / f"{cfg.name}_diagnose"
     out.mkdir(parents=True, exist_ok=True)
     title = (f"{cfg.model.name} (width {cfg.model.width:g}), T={cfg.model.T}, {cfg.data.name}, "

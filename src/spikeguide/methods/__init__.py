@@ -2,5 +2,7 @@
 
 from . import ann, bptt, enof, hybrid, kd, ratebp  # noqa: F401  (registers the methods)
 from .base import METHODS, Method, NoOptions, StepResult, register_method
+from .options import DistillOptions, LAFOptions, OptionGroup, RateOptions
 
-__all__ = ["METHODS", "Method", "NoOptions", "StepResult", "register_method"]
+__all__ = ["METHODS", "DistillOptions", "LAFOptions", "Method", "NoOptions", "OptionGroup",
+           "RateOptions", "StepResult", "register_method"]

@@ -8,6 +8,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import nn
 
+from ..errors import SpikeguideError
 from ..registry import Registry
 
 
@@ -31,12 +32,17 @@ class Method(nn.Module):
     Class attributes tell the runner what to build:
         ``Options``: the dataclass of the method's config options (the ``[method]`` table).
         ``spiking_student``: whether the student is an SNN (False: the ANN twin).
-        ``needs_teacher``: whether a trained ANN teacher must be supplied.
+        ``needs_teacher``: whether a trained ANN teacher must be supplied (for a method that
+            needs one only with some options, override :meth:`teacher_needed` instead).
+        ``name``: the registered name, set by :func:`register_method`.
+
+    A method that needs a teacher and gets none is refused at construction.
     """
 
     Options: type = NoOptions
     spiking_student: bool = True
     needs_teacher: bool = False
+    name: str = ""
 
     def __init__(self, student: nn.Module, options: Any = None, *, teacher: nn.Module | None = None,
                  label_smoothing: float = 0.0):
@@ -44,6 +50,12 @@ class Method(nn.Module):
         self.student = student
         self.options = options if options is not None else self.Options()
         self.label_smoothing = label_smoothing
+        if teacher is None and self.teacher_needed(self.options):
+            raise SpikeguideError(
+                f"method {self.name or type(self).__name__!r} (with these options) learns from an "
+                "ANN teacher and got none: set teacher.checkpoint or teacher.recipe (from Python: "
+                "pass teacher=, the trained ANN twin of the student)"
+            )
         self.teacher = teacher
         if teacher is not None:
             teacher.requires_grad_(False)
@@ -85,4 +97,11 @@ class Method(nn.Module):
 
 
 METHODS: Registry[type[Method]] = Registry("method")
-register_method: Callable[[str], Callable[[type[Method]], type[Method]]] = METHODS.register
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: register a :class:`Method` subclass as ``[method] name = NAME``."""
+    def decorator(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+    return decorator

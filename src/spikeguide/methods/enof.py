@@ -1,6 +1,6 @@
 """``enof``: EnOF-SNN (Guo et al., NeurIPS 2024) on surrogate-gradient BPTT.
 
-loss = CE(z_SNN, y) + laf_lambda * L_AF, where L_AF (:func:`spikeguide.losses.laf_loss`) sends
+loss = CE(z_SNN, y) + laf_lambda * L_AF, where L_AF (:func:`.losses.laf_loss`) sends
 the SNN's time-averaged output feature and the frozen ANN teacher's output feature, computed on
 the same augmented batch, through the teacher's classifier and aligns the two distributions with
 a temperature-scaled KL divergence. ``laf = false`` leaves plain cross-entropy (the baseline).
@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 
 from .base import Method, StepResult, register_method
-from .losses import LAFOptions, laf_term
+from .losses import laf_term
+from .options import LAFOptions
 
 
 @register_method("enof")

@@ -7,26 +7,16 @@ augmented batch. The baseline EnOF's LAF is compared against (see docs/enof.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from .base import Method, StepResult, register_method
-from .losses import check_distillation, kd_loss
-
-
-@dataclass
-class KDOptions:
-    alpha: float = 1.0  # weight of the KL term beside cross-entropy
-    tau: float = 4.0  # temperature
-
-    def __post_init__(self) -> None:
-        check_distillation(self.tau, self.alpha, "method.tau", "method.alpha")
+from .losses import kd_loss
+from .options import DistillOptions
 
 
 @register_method("kd")
 class KD(Method):
-    Options = KDOptions
+    Options = DistillOptions
     needs_teacher = True
 
     def training_step(self, x, y) -> StepResult:

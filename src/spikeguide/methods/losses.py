@@ -1,30 +1,23 @@
-"""Distillation losses shared by the methods that learn from an ANN teacher.
+"""Losses shared by the methods that learn from an ANN teacher.
 
-Both losses are ``tau^2 * KL(softmax(z_teacher / tau) || softmax(z_student / tau))``, averaged
-over the batch (``batchmean``: the KL of each sample summed over classes, then the mean over
-samples). The ``tau^2`` keeps the gradient's size roughly independent of ``tau`` (Hinton et al.
-2015). Gradients flow into whichever argument carries them: pass teacher values computed under
+The distillation losses are ``tau^2 * KL(softmax(z_teacher / tau) || softmax(z_student / tau))``,
+averaged over the batch (``batchmean``: the KL of each sample summed over classes, then the mean
+over samples). The ``tau^2`` keeps the gradient's size roughly independent of ``tau`` (Hinton et
+al. 2015). Gradients flow into whichever argument carries them: pass teacher values computed under
 ``torch.no_grad()`` for a fixed target. The KL is computed in float32 so that a bf16/fp16 forward
 pass does not round the soft targets.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import SpikeguideError
-
-
-def check_distillation(tau: float, weight: float, tau_key: str, weight_key: str) -> None:
-    """Config checks shared by the methods' options: a positive temperature, a weight >= 0."""
-    if not tau > 0:
-        raise SpikeguideError(f"{tau_key} must be positive, got {tau}")
-    if not weight >= 0:
-        raise SpikeguideError(f"{weight_key} must be >= 0, got {weight}")
+from ..models import ModelOutput
+from .options import LAFOptions
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -48,25 +41,31 @@ def laf_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor,
     return kd_loss(classifier(student_feature), classifier(teacher_feature), tau)
 
 
-@dataclass
-class LAFOptions:
-    """The LAF switch and its settings; a method's ``Options`` inherits them to offer LAF.
-
-    ``laf_tau``: the KL temperature. ``laf_lambda``: the weight of L_AF beside cross-entropy.
-    The EnOF paper does not state its values in the material we had; 4 is the usual KD
-    temperature on CIFAR and 1 an unweighted sum (see docs/enof.md).
-    """
-
-    laf: bool = True
-    laf_tau: float = 4.0
-    laf_lambda: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_distillation(self.laf_tau, self.laf_lambda, "method.laf_tau", "method.laf_lambda")
-
-
 def laf_term(options: LAFOptions, student_feature: torch.Tensor, teacher_feature: torch.Tensor,
              classifier: nn.Module) -> torch.Tensor:
     """``laf_lambda * L_AF`` with a method's LAF options; ``classifier`` is the frozen teacher's."""
     return options.laf_lambda * laf_loss(student_feature, teacher_feature, classifier,
                                          options.laf_tau)
+
+
+class GuidanceOptions(Protocol):
+    """What :func:`guidance_loss` reads: the fields of :class:`DistillOptions` and
+    :class:`LAFOptions` (the options of ``ratebp`` and ``hybrid`` offer both groups)."""
+
+    alpha: float
+    tau: float
+    laf: bool
+    laf_tau: float
+    laf_lambda: float
+
+
+def guidance_loss(options: GuidanceOptions, student: ModelOutput, teacher: ModelOutput | None,
+                  classifier: nn.Module | None) -> torch.Tensor | float:
+    """The teacher's terms beside cross-entropy, ``alpha * kd_loss(z_SNN, z_ANN, tau)`` and, if
+    ``laf``, ``laf_lambda * L_AF``; 0 when both are off. ``classifier`` is the teacher's."""
+    loss: torch.Tensor | float = 0.0
+    if options.alpha:
+        loss = loss + options.alpha * kd_loss(student.logits, teacher.logits, options.tau)
+    if options.laf:
+        loss = loss + laf_term(options, student.feature, teacher.feature, classifier)
+    return loss

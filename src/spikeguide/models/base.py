@@ -6,8 +6,11 @@ A model is ``encoder -> stem -> stages -> pool -> classifier``:
   encoded once and broadcast over T (the same current enters the first neuron at every step);
   a temporal input ``[B, T, C, H, W]`` (event frames) is encoded at every step.
 * ``stem``: the rest of the input block (activations, further convolutions, pooling).
-* ``stages``: a ``ModuleList``; hybrid distillation cuts the network between stages.
-* ``pool``: global pooling (or flattening) to the output feature, one vector per time step.
+* ``stages``: a ``ModuleList``; hybrid distillation cuts the network between stages. The
+  builder declares each stage's output channels in ``stage_channels`` (as timm's
+  ``feature_info``); a model that does not cannot be cut.
+* ``pool``: global pooling (or flattening) to the output feature, one vector per time step; a
+  ``TimeSequential`` pool may hold neurons (resnet19's hidden layer before the classifier).
 * ``classifier``: a linear layer on the output feature.
 
 Every activation inside is ``[T, B, ...]`` (see :mod:`spikeguide.layers`); an ANN twin uses
@@ -25,7 +28,7 @@ from torch import nn
 
 from ..errors import SpikeguideError
 from ..neurons import is_spiking
-from .layers import TimeSequential, broadcast_time, fold_apply
+from .layers import TimeSequential, broadcast_time, fold_apply, time_apply
 
 
 @contextmanager
@@ -65,8 +68,12 @@ class SpikingNet(nn.Module):
     """An ANN or SNN built from interchangeable activations (see the module docstring)."""
 
     def __init__(self, encoder: nn.Module, stem: TimeSequential, stages: nn.ModuleList,
-                 pool: nn.Module, classifier: nn.Linear, T: int, spiking: bool):
+                 pool: nn.Module, classifier: nn.Linear, T: int, spiking: bool,
+                 stage_channels: list[int] | None = None):
         super().__init__()
+        if stage_channels is not None and len(stage_channels) != len(stages):
+            raise SpikeguideError(f"stage_channels declares {len(stage_channels)} stages, the "
+                                  f"model has {len(stages)}")
         self.encoder = encoder
         self.stem = stem
         self.stages = stages
@@ -74,6 +81,8 @@ class SpikingNet(nn.Module):
         self.classifier = classifier
         self.spiking = spiking
         self.T = T
+        # output channels of each stage (None: not declared)
+        self.stage_channels = list(stage_channels) if stage_channels is not None else None
 
     @property
     def T(self) -> int:
@@ -110,7 +119,7 @@ class SpikingNet(nn.Module):
 
     def head(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Last stage output ``[T, B, ...]`` -> (feature_t ``[T, B, D]``, logits_t ``[T, B, K]``)."""
-        feature_t = fold_apply(self.pool, h)
+        feature_t = time_apply(self.pool, h)
         return feature_t, fold_apply(self.classifier, feature_t)
 
     def forward_features(self, x: torch.Tensor, return_stages: bool = False) -> ModelOutput:

@@ -31,8 +31,16 @@ class TimeSequential(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for module in self:
-            x = module(x) if is_multistep(module) else fold_apply(module, x)
+            x = time_apply(module, x)
         return x
+
+
+def time_apply(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run ``module`` on ``x`` ``[T, B, ...]``: neurons and :class:`TimeSequential` containers
+    see the time axis, every other module sees it folded into the batch."""
+    if is_multistep(module) or isinstance(module, TimeSequential):
+        return module(x)
+    return fold_apply(module, x)
 
 
 def broadcast_time(x: torch.Tensor, T: int) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Spiking (and ANN twin) ResNets: resnet19, resnet20, resnet18, resnet34, resnet50.
 
-Blocks follow the spiking ResNet used by TET and EnOF: conv-BN-activation inside the residual
-branch and an activation after the addition, so every activation sees a batch-normalized input
-current. The activation factory decides whether the network is an ANN (ReLU) or an SNN (LIF).
+Blocks follow the spiking ResNet used by TET, EnOF and the rate-BP paper: conv-BN-activation
+inside the residual branch and an activation after the addition, so every activation sees a
+batch-normalized input current. The activation factory decides whether the network is an ANN
+(ReLU) or an SNN (LIF). The SEW and pre-activation ResNet-34 are in :mod:`.imagenet_resnets`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from .registry import register_model
 MakeAct = Callable[[], nn.Module]
 
 
-def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1) -> list[tuple[str, nn.Module]]:
+def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1,
+            bias: bool = False) -> list[tuple[str, nn.Module]]:
     return [
-        ("conv", nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False)),
+        ("conv", nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=bias)),
         ("bn", nn.BatchNorm2d(cout)),
     ]
 
@@ -37,7 +39,15 @@ def shortcut(cin: int, cout: int, stride: int) -> nn.Module:
     return TimeSequential(OrderedDict(conv_bn(cin, cout, 1, stride)))
 
 
-class BasicBlock(nn.Module):
+class ResidualBlock(nn.Module):
+    """``act(residual(x) + shortcut(x))``; a block type builds the three parts (``act`` is the
+    identity in blocks without an activation after the sum). The NIR export reads these parts."""
+
+    def forward(self, x):
+        return self.act(self.residual(x) + self.shortcut(x))
+
+
+class BasicBlock(ResidualBlock):
     expansion = 1
 
     def __init__(self, cin: int, planes: int, stride: int, make_act: MakeAct):
@@ -50,11 +60,8 @@ class BasicBlock(nn.Module):
         self.shortcut = shortcut(cin, planes, stride)
         self.act = make_act()
 
-    def forward(self, x):
-        return self.act(self.residual(x) + self.shortcut(x))
 
-
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     expansion = 4
 
     def __init__(self, cin: int, planes: int, stride: int, make_act: MakeAct):
@@ -69,9 +76,6 @@ class Bottleneck(nn.Module):
         ))
         self.shortcut = shortcut(cin, cout, stride)
         self.act = make_act()
-
-    def forward(self, x):
-        return self.act(self.residual(x) + self.shortcut(x))
 
 
 def scale(channels: int, width: float) -> int:
@@ -94,12 +98,11 @@ def build_stem(kind: str, in_channels: int, channels: int, make_act: MakeAct):
     return encoder, TimeSequential(OrderedDict(rest))
 
 
-def build_resnet(block, blocks: list[int], channels: list[int], stem: str, stem_channels: int, *,
-                 num_classes: int, in_channels: int, make_act: MakeAct, width: float, T: int,
-                 spiking: bool) -> SpikingNet:
-    cin = scale(stem_channels, width)
-    encoder, stem_layers = build_stem(stem, in_channels, cin, make_act)
-    stages = nn.ModuleList()
+def build_stages(block, blocks: list[int], channels: list[int], cin: int, make_act: MakeAct,
+                 width: float) -> tuple[nn.ModuleList, list[int]]:
+    """Stages of residual blocks, each but the first starting with stride 2; returns the stages
+    and their output channels."""
+    stages, out_channels = nn.ModuleList(), []
     for i, (n, planes) in enumerate(zip(blocks, channels)):
         planes = scale(planes, width)
         layers = []
@@ -107,8 +110,30 @@ def build_resnet(block, blocks: list[int], channels: list[int], stem: str, stem_
             layers.append(block(cin, planes, 2 if (j == 0 and i > 0) else 1, make_act))
             cin = planes * block.expansion
         stages.append(nn.Sequential(*layers))
-    pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    return SpikingNet(encoder, stem_layers, stages, pool, nn.Linear(cin, num_classes), T, spiking)
+        out_channels.append(cin)
+    return stages, out_channels
+
+
+def global_pool() -> nn.Sequential:
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def build_resnet(block, blocks: list[int], channels: list[int], stem: str, stem_channels: int, *,
+                 num_classes: int, in_channels: int, make_act: MakeAct, width: float, T: int,
+                 spiking: bool, hidden: int = 0) -> SpikingNet:
+    """A ResNet; ``hidden`` > 0 puts a linear layer of that many features (scaled by ``width``)
+    and an activation between the global pooling and the classifier."""
+    encoder, stem_layers = build_stem(stem, in_channels, scale(stem_channels, width), make_act)
+    stages, stage_channels = build_stages(block, blocks, channels, scale(stem_channels, width),
+                                          make_act, width)
+    features, pool = stage_channels[-1], global_pool()
+    if hidden:
+        features = scale(hidden, width)
+        pool = TimeSequential(OrderedDict(avgpool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
+                                          fc=nn.Linear(stage_channels[-1], features),
+                                          act=make_act()))
+    return SpikingNet(encoder, stem_layers, stages, pool, nn.Linear(features, num_classes), T,
+                      spiking, stage_channels)
 
 
 @register_model("resnet20")
@@ -120,13 +145,20 @@ def resnet20(**kw) -> SpikingNet:
 
 @register_model("resnet19")
 def resnet19(**kw) -> SpikingNet:
-    """ResNet-19 (TET, EnOF): a 3x3 stem with 128 channels, BasicBlocks [3, 3, 2] at 128/256/512."""
-    return build_resnet(BasicBlock, [3, 3, 2], [128, 256, 512], "cifar", 128, **kw)
+    """ResNet-19 as the rate-BP paper's official code trains it (``model/resnet.py`` of
+    Tab-ct/rate-based-backpropagation): a 3x3 stem with 128 channels, BasicBlocks [3, 3, 2] at
+    128/256/512, global average pooling, then a hidden linear layer of 256 features with its
+    activation before the classifier (TET's ResNet-19 has the same head; its stem has 64
+    channels). The hidden layer's activation is the last one, so RepAct makes it a ReLU and the
+    output feature is its 256 values."""
+    return build_resnet(BasicBlock, [3, 3, 2], [128, 256, 512], "cifar", 128, hidden=256, **kw)
 
 
 @register_model("resnet18")
 def resnet18(stem: str = "imagenet", **kw) -> SpikingNet:
-    """ResNet-18; ``stem="imagenet"`` (7x7/2 conv + 3x3/2 max pool) or ``"cifar"`` (3x3/1 conv)."""
+    """ResNet-18; ``stem="imagenet"`` (7x7/2 conv + 3x3/2 max pool) or ``"cifar"`` (3x3/1 conv).
+    With ``stem="cifar"`` it is the ResNet-18 of the rate-BP paper's official code (a 3x3 stem of
+    64 channels, no max pooling, BasicBlocks [2, 2, 2, 2] at 64..512, pooling, one linear layer)."""
     return build_resnet(BasicBlock, [2, 2, 2, 2], [64, 128, 256, 512], stem, 64, **kw)
 
 

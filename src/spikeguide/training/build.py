@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from typing import Any, Sequence
 
-from ..config import Config, parse_config
+from ..config import Config, apply_overrides, parse_config
 from ..data import ArrayDataset, build_dataset
 from ..errors import SpikeguideError
 from ..methods import METHODS
@@ -24,12 +25,18 @@ def build_datasets(cfg: Config) -> tuple[ArrayDataset, ArrayDataset]:
     test = build_test_set(cfg)
     if d.train_subset:
         train = train.subset(d.train_subset, seed=cfg.train.seed)
-    if train.is_temporal and train.x.shape[1] != cfg.model.T:
-        raise SpikeguideError(
-            f"model.T is {cfg.model.T} but the event data has {train.x.shape[1]} frames a sample; "
-            "set model.T and the dataset's frames option to the same value"
-        )
+    check_frames(cfg, train)
     return train, test
+
+
+def check_frames(cfg: Config, dataset: ArrayDataset) -> None:
+    """Event data runs one time step per frame: model.T must be the frame count."""
+    if dataset.is_temporal and dataset.x.shape[1] != cfg.model.T:
+        raise SpikeguideError(
+            f"model.T is {cfg.model.T} but the event data has {dataset.x.shape[1]} frames a "
+            "sample (a model runs one step per frame); set model.T and the dataset's frames "
+            "option to the same value"
+        )
 
 
 def build_model(cfg: Config, num_classes: int, in_channels: int, spiking: bool) -> SpikingNet:
@@ -44,10 +51,13 @@ def build_model(cfg: Config, num_classes: int, in_channels: int, spiking: bool) 
                         **m.options)
 
 
-def load_model(path: str, prefer: str = "best") -> tuple[SpikingNet, Config, dict[str, Any]]:
-    """Rebuild a run's model from its checkpoint (a file or a run directory)."""
+def load_model(path: str, prefer: str = "best", overrides: Sequence[str] = ()
+               ) -> tuple[SpikingNet, Config, dict[str, Any]]:
+    """Rebuild a run's model from its checkpoint (a file or a run directory), from the run's
+    config with the ``key=value`` ``overrides`` applied (they must leave the weights' shapes
+    as they are)."""
     ckpt = load_checkpoint(find_checkpoint(path, prefer))
-    cfg = parse_config(ckpt["config"])
+    cfg = parse_config(apply_overrides(copy.deepcopy(ckpt["config"]), list(overrides)))
     method = METHODS.get(cfg.method.name)
     info = ckpt["data"]
     model = build_model(cfg, info["num_classes"], info["in_channels"], method.spiking_student)

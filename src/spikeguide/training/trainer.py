@@ -99,8 +99,7 @@ class Trainer:
         self.data_info = {"num_classes": train_set.num_classes, "in_channels": train_set.in_channels,
                           "frame_shape": list(train_set.x.shape[-3:]),  # [C, H, W] of one input
                           "train": train_set.info, "test": test_set.info}
-        params = [p for p in method.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(cfg.optim, params)
+        self.optimizer = build_optimizer(cfg.optim, method)
         steps = len(self.train_loader)
         total, warmup = steps * cfg.train.epochs, int(round(cfg.optim.warmup_epochs * steps))
         min_ratio = cfg.optim.min_lr / cfg.optim.lr
