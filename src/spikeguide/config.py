@@ -57,6 +57,11 @@ class AugmentConfig:
     cutout: int = 0
     policy: str | None = None  # autoaugment | trivialaugment
     roll: int = 0  # event frames: random spatial roll in pixels
+    # ImageNet's crop: a window of crop_scale of the area and crop_ratio aspect, resized to
+    # data.options.crop; per sample in the streaming loader's workers, with the flip
+    random_resized_crop: bool = False
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
 
 
 @dataclass
@@ -64,6 +69,11 @@ class DataConfig:
     name: str = "digits"
     root: str | None = None
     options: dict = field(default_factory=dict)  # passed to the dataset builder
+    # auto | memory | stream; auto keeps the decoded splits in memory while they fit within
+    # ram_share of the RAM (all processes on the machine) and gpu_share of the GPU's memory
+    loader: str = "auto"
+    ram_share: float = 0.5
+    gpu_share: float = 0.25
     train_subset: int | None = None  # class-balanced subset of the training split
     test_subset: int | None = None
     batch_size: int = 64
@@ -296,6 +306,7 @@ CHOICES = {
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "constant"),
     "train.amp": ("none", "bf16", "fp16"),
+    "data.loader": ("auto", "memory", "stream"),
 }
 
 
@@ -308,7 +319,7 @@ def _get(cfg: Config, key: str) -> Any:
 
 def validate(cfg: Config) -> None:
     """Value checks beyond types; each failure is one line naming the key."""
-    from .data import DATASETS
+    from .data import DATASETS, Augment
     from .models import MODELS
     from .neurons import NEURONS, SURROGATES
 
@@ -322,6 +333,9 @@ def validate(cfg: Config) -> None:
     for key in ("optim.lr", "model.width"):
         if not _get(cfg, key) > 0:
             raise SpikeguideError(f"{key} must be positive, got {_get(cfg, key)}")
+    for key in ("data.ram_share", "data.gpu_share"):
+        if not 0 < _get(cfg, key) <= 1:
+            raise SpikeguideError(f"{key} must be in (0, 1], got {_get(cfg, key)}")
     for key in ("data.train_subset", "data.test_subset"):
         if _get(cfg, key) is not None and _get(cfg, key) < 1:
             raise SpikeguideError(f"{key} must be >= 1, got {_get(cfg, key)}")
@@ -329,3 +343,4 @@ def validate(cfg: Config) -> None:
     NEURONS.get(cfg.neuron.kind)
     SURROGATES.get(cfg.surrogate.name)
     DATASETS.get(cfg.data.name)
+    Augment(**dataclasses.asdict(cfg.data.augment))  # checks the augmentation's values

@@ -11,7 +11,7 @@ from ..analysis.scoring import evaluate
 from ..config import Config, apply_overrides, parse_config, to_dict
 from ..data.loader import normalized_batches
 from ..models import SpikingNet
-from ..training.build import build_datasets, load_model
+from ..training.build import build_test_set, load_model
 from ..training.checkpoint import find_checkpoint
 from ..training.distributed import resolve_device
 
@@ -32,8 +32,8 @@ def evaluate_run(path: str | Path, overrides: list[str] = (), prefer: str = "bes
     model, cfg, _ = load_model(path, prefer)
     if overrides:
         cfg = parse_config(apply_overrides(to_dict(cfg), list(overrides)))
-    _, test_set = build_datasets(cfg)
     device = resolve_device(cfg.train.device)
+    test_set = build_test_set(cfg, device)
     model = model.to(device)
     result = evaluate(model, normalized_batches(test_set, cfg.data.eval_batch_size, device))
     activity = plot = None
