@@ -38,16 +38,16 @@ def choose_loader(requested: str, datasets: list[Dataset], *, random_crop: bool,
             raise SpikeguideError(f"data.loader = 'stream': {name} has no streaming form (only "
                                   "image folders stream); set data.loader = 'auto' or 'memory'")
         return LoaderChoice("memory", f"{name} is read whole into memory (no streaming form)")
-    if random_crop:
-        if requested == "memory":
-            raise SpikeguideError(
-                "augment.random_resized_crop crops the source images, which the in-memory "
-                "loader does not keep: set data.loader = 'stream' or 'auto'"
-            )
-        return LoaderChoice("stream", "augment.random_resized_crop crops the source images, "
-                                      "which only the streaming loader keeps")
+    if random_crop and requested == "memory":
+        raise SpikeguideError(
+            "augment.random_resized_crop crops the source images, which the in-memory "
+            "loader does not keep: set data.loader = 'stream' or 'auto'"
+        )
     if requested != "auto":
         return LoaderChoice(requested, f"data.loader = {requested!r}")
+    if random_crop:
+        return LoaderChoice("stream", "augment.random_resized_crop crops the source images, "
+                                      "which only the streaming loader keeps")
     need = sum(d.decoded_nbytes() for d in datasets)
     processes = local_processes()
     ram = ram_bytes()
