@@ -10,7 +10,6 @@ import torch
 from mini_imagenet import CLASSES, VAL_LABELS, corrupt, make_tree
 
 from spikeguide.data import (
-    ArrayDataset,
     Augment,
     ImageFiles,
     StreamLoader,
@@ -197,7 +196,7 @@ def test_iter_from_is_the_tail_of_the_epoch(tree):
 @pytest.mark.parametrize("drop_last", [True, False])
 def test_rank_shards_concatenate_to_the_single_process_batch(tree, drop_last):
     crop = RandomResizedCrop(flip=True)
-    make = lambda rank, world: make_loader(files(tree, workers=1), 6, shuffle=True,  # noqa: E731
+    make = lambda rank, world: make_loader(files(tree, workers=1), 6, shuffle=True,
                                            drop_last=drop_last, seed=5, rank=rank,
                                            world_size=world, random_crop=crop)
     single = batches(make(0, 1), epoch=1)

@@ -4,13 +4,19 @@ against one, and stopping on signals; on a generated miniature ImageNet tree."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
-from conftest import SRC, run_cli, state_equal, tiny_config, write_recipe
+from conftest import (
+    ONE_THREAD,
+    assert_two_processes_match_one,
+    run_cli,
+    start_cli,
+    state_equal,
+    tiny_config,
+    write_recipe,
+)
 from mini_imagenet import make_tree
 
 from spikeguide.config import parse_config
@@ -21,7 +27,6 @@ from spikeguide.training.build import build_datasets
 from spikeguide.training.checkpoint import load_checkpoint
 from spikeguide.training.run import train
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 CPU = torch.device("cpu")
 
 
@@ -96,12 +101,6 @@ def test_auto_streams_with_random_crop_and_keeps_memory_without(tree, tmp_path):
 # ---------------------------------------------------------------------------- exact resume
 
 
-def start_cli(*args, **popen):
-    env = {**os.environ, "PYTHONPATH": SRC, **ONE_THREAD}
-    return subprocess.Popen([sys.executable, "-m", "spikeguide", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
-
-
 def wait_for_checkpoint(proc, path):
     while proc.poll() is None and not path.exists():
         time.sleep(0.02)
@@ -134,16 +133,9 @@ def test_two_gloo_processes_match_one_process(tree, tmp_path):
     # cutout: each process draws the device augmentation of its own rows of the global batch
     settings = dict(train={"epochs": 1, "sync_batchnorm": True}, data={"augment": {
         "random_resized_crop": True, "flip": True, "cutout": 3}})
-    single = parse_config(stream_config(tmp_path, tree, name="single", **settings))
-    train(single, max_steps=3)
-    recipe = write_recipe(tmp_path / "r.toml",
-                          stream_config(tmp_path, tree, workers=1, name="ddp", **settings))
-    proc = run_cli("train", str(recipe), "--nproc", "2", "--max-steps", "3", env=ONE_THREAD)
-    assert proc.returncode == 0, proc.stderr
-    a = load_checkpoint(single.run_dir / "latest.pt")["model"]
-    b = load_checkpoint(tmp_path / "runs" / "ddp" / "latest.pt")["model"]
-    for key in a:
-        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
+    assert_two_processes_match_one(
+        tmp_path, stream_config(tmp_path, tree, workers=2, name="single", **settings),
+        stream_config(tmp_path, tree, workers=1, name="ddp", **settings), steps=3)
 
 
 # ---------------------------------------------------------------------------- signals

@@ -114,7 +114,7 @@ def resize_center_crop(image: Image.Image, resize: int | None, crop: int | None,
                 f"imagefolder: {path} is {w}x{h}, smaller than crop={crop}; "
                 f"set the resize option to at least {crop}"
             )
-        left, top = int(round((w - crop) / 2)), int(round((h - crop) / 2))
+        left, top = round((w - crop) / 2), round((h - crop) / 2)
         image = image.crop((left, top, left + crop, top + crop))
     return image
 
@@ -147,15 +147,15 @@ class RandomResizedCrop:
             u_area, u_ratio, u_top, u_left = draws[4 * k:4 * k + 4]
             target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * u_area)
             aspect = math.exp(log_r0 + (log_r1 - log_r0) * u_ratio)
-            w = int(round(math.sqrt(target * aspect)))
-            h = int(round(math.sqrt(target / aspect)))
+            w = round(math.sqrt(target * aspect))
+            h = round(math.sqrt(target / aspect))
             if 0 < w <= width and 0 < h <= height:
                 return int(u_left * (width - w + 1)), int(u_top * (height - h + 1)), w, h
         in_ratio = width / height
         if in_ratio < self.ratio[0]:
-            w, h = width, int(round(width / self.ratio[0]))
+            w, h = width, round(width / self.ratio[0])
         elif in_ratio > self.ratio[1]:
-            w, h = int(round(height * self.ratio[1])), height
+            w, h = round(height * self.ratio[1]), height
         else:
             w, h = width, height
         return (width - w) // 2, (height - h) // 2, w, h

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable
 
 from ..errors import SpikeguideError
 from ..registry import Registry
 from .base import ArrayDataset
 from .imagefiles import ImageFiles
 
-Dataset = Union[ArrayDataset, ImageFiles]
+Dataset = ArrayDataset | ImageFiles
 
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
 register_dataset = DATASETS.register
