@@ -39,7 +39,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from spikeguide.data import Augment, InMemoryLoader, build_dataset, make_loader, open_dataset
+from spikeguide.data import (
+    Augment,
+    InMemoryLoader,
+    build_dataset,
+    make_loader,
+    open_dataset,
+)
 from spikeguide.data.decode import RandomResizedCrop, simplejpeg
 from spikeguide.data.loader import mix_seed
 
