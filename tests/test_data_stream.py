@@ -191,6 +191,7 @@ def test_iter_from_is_the_tail_of_the_epoch(tree):
                          random_crop=RandomResizedCrop(flip=True))
     full = batches(loader, epoch=2)
     assert len(full) == 5 and same(batches(loader, epoch=2, step=3), full[3:])
+    assert batches(loader, epoch=2, step=len(loader)) == []
 
 
 @pytest.mark.parametrize("drop_last", [True, False])

@@ -109,7 +109,9 @@ class StreamLoader(BatchOrder):
         self.reported: set[str] = set()
 
     def iter_from(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        keys = [(self.epoch, batch.tolist()) for batch in self.batch_indices(step)]
+        if step >= len(self):  # resumed at the end of an epoch: no workers to start
+            return
+        keys = ((self.epoch, batch.tolist()) for batch in self.batch_indices(step))
         loader = DataLoader(self.reader, batch_size=None, sampler=keys, num_workers=self.workers,
                             pin_memory=self.device.type == "cuda", worker_init_fn=isolate_worker)
         for x, y, error, replaced in loader:

@@ -5,8 +5,9 @@ The Trainer does not know which method it runs: it calls the method (``Method.fo
 method's own modules alike.
 
 Exact resume: the data order is a function of (seed, epoch) and the augmentation randomness of
-(seed, epoch, step), so a checkpoint that stores model, optimizer, scheduler, scaler and the
-position (epoch, step) continues bit-identically on CPU, also from the middle of an epoch.
+(seed, epoch, step) (a streamed random-resized-crop's of (seed, epoch, index)), so a checkpoint
+that stores model, optimizer, scheduler, scaler and the position (epoch, step) continues
+bit-identically on CPU, also from the middle of an epoch.
 """
 
 from __future__ import annotations
