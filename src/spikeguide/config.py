@@ -306,7 +306,6 @@ CHOICES = {
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "constant"),
     "train.amp": ("none", "bf16", "fp16"),
-    "data.loader": ("auto", "memory", "stream"),
 }
 
 
@@ -319,11 +318,11 @@ def _get(cfg: Config, key: str) -> Any:
 
 def validate(cfg: Config) -> None:
     """Value checks beyond types; each failure is one line naming the key."""
-    from .data import DATASETS, Augment
+    from .data import DATASETS, LOADERS, Augment
     from .models import MODELS
     from .neurons import NEURONS, SURROGATES
 
-    for key, choices in CHOICES.items():
+    for key, choices in {**CHOICES, "data.loader": LOADERS}.items():
         if _get(cfg, key) not in choices:
             raise SpikeguideError(f"{key} must be one of {choices}, got {_get(cfg, key)!r}")
     for key, low in [("model.T", 1), ("train.epochs", 1), ("data.batch_size", 1),

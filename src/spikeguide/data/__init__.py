@@ -10,11 +10,11 @@ Importing this package registers every built-in dataset builder.
 from . import cifar, cifar10dvs, digits, imagefolder, mnist, nmnist  # noqa: F401  (registration)
 from .augment import Augment
 from .base import ArrayDataset
-from .choice import LoaderChoice, choose_loader
+from .choice import LOADERS, LoaderChoice, choose_loader
 from .imagefiles import ImageFiles
 from .loader import InMemoryLoader, StreamLoader, make_loader
 from .registry import DATASETS, Dataset, build_dataset, open_dataset, register_dataset
 
 __all__ = ["ArrayDataset", "ImageFiles", "Dataset", "DATASETS", "register_dataset",
            "build_dataset", "open_dataset", "InMemoryLoader", "StreamLoader", "make_loader",
-           "LoaderChoice", "choose_loader", "Augment"]
+           "LOADERS", "LoaderChoice", "choose_loader", "Augment"]

@@ -19,6 +19,9 @@ from .machine import gpu_bytes, local_processes, ram_bytes
 from .registry import Dataset
 
 
+LOADERS = ("auto", "memory", "stream")
+
+
 @dataclass(frozen=True)
 class LoaderChoice:
     kind: str  # "memory" or "stream"
@@ -31,7 +34,8 @@ def gigabytes(n: float) -> str:
 
 def choose_loader(requested: str, datasets: list[Dataset], *, random_crop: bool,
                   device: torch.device, ram_share: float, gpu_share: float) -> LoaderChoice:
-    """The loader for ``datasets`` (the splits of one run) and why."""
+    """The loader for ``datasets`` (the splits of one run) and why; ``requested`` is one of
+    ``LOADERS``."""
     name = datasets[0].info.get("dataset", "this dataset")
     if not all(isinstance(d, ImageFiles) for d in datasets):
         if requested == "stream":
