@@ -62,6 +62,10 @@ def test_train_split_mixed_formats_decode_to_rgb(tree):
         assert train.read(i).shape == (3, 8, 8) and train.read(i).dtype == np.uint8
     gray = files(tree, mode="L", mean=[0.5], std=[0.2])
     assert gray.in_channels == 1 and gray.read(0).shape == (1, 8, 8)
+    assert train.frame_shape == (3, 8, 8) and train.decoded_nbytes() == 18 * 3 * 8 * 8
+    assert build_dataset("imagefolder", tree, "train", **GEOMETRY).frame_shape == (3, 8, 8)
+    # without a crop the first image tells: 40x30 with its shorter side resized to 10
+    assert files(tree, crop=None).frame_shape == (3, 10, 13)
 
 
 @pytest.mark.parametrize("form", ["devkit", "kaggle", "list"])

@@ -48,6 +48,11 @@ class ArrayDataset:
     def in_channels(self) -> int:
         return self.x.shape[2] if self.is_temporal else self.x.shape[1]
 
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one input frame (polarity channels for events)."""
+        return tuple(self.x.shape[-3:])
+
     def __len__(self) -> int:
         return self.y.shape[0]
 

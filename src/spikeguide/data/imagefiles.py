@@ -78,8 +78,9 @@ class ImageFiles:
         return replace(self, names=self.names[keep.numpy()], y=self.y[keep],
                        info=subset_info(self.info, n, seed))
 
-    def decoded_nbytes(self) -> int:
-        """Bytes of the split decoded at the evaluation geometry (from the first file's size
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of a sample at the evaluation geometry (from the first file's size
         when ``crop`` does not fix it)."""
         if self.crop:
             h = w = self.crop
@@ -87,7 +88,11 @@ class ImageFiles:
             w, h = image_size(self.path(0))
             if self.resize:
                 w, h = resized_size(w, h, self.resize)
-        return len(self) * self.in_channels * h * w
+        return self.in_channels, h, w
+
+    def decoded_nbytes(self) -> int:
+        """Bytes of the split decoded at the evaluation geometry."""
+        return len(self) * int(np.prod(self.frame_shape))
 
     def read(self, index: int, random_crop: RandomResizedCrop | None = None,
              seed: int = 0) -> np.ndarray:
