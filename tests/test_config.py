@@ -46,6 +46,10 @@ def test_integers_widen_to_float_but_not_the_reverse():
     ({"neuron": {"reset": "zero"}}, "neuron.reset must be one of"),
     ({"optim": {"lr": 0}}, "optim.lr must be positive"),
     ({"train": {"amp": "fp8"}}, "train.amp must be one of"),
+    ({"data": {"loader": "disk"}}, "data.loader must be one of \\('auto', 'memory', 'stream'\\)"),
+    ({"data": {"ram_share": 1.5}}, "data.ram_share must be in \\(0, 1\\], got 1.5"),
+    ({"data": {"augment": {"random_resized_crop": True, "crop_scale": [0.5, 0.1]}}},
+     "random_resized_crop needs 0 < crop_scale"),
 ])
 def test_bad_configs_name_the_key(data, match):
     with pytest.raises(SpikeguideError, match=match):

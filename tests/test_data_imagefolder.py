@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from spikeguide.data import build_dataset, imagefolder
+from spikeguide.data import ImageFiles, build_dataset, imagefolder
 from spikeguide.errors import SpikeguideError
 
 
@@ -107,7 +107,7 @@ def test_cache_is_reused_then_invalidated_by_a_changed_file(folder, monkeypatch)
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although the cache is valid")
 
-    monkeypatch.setattr(imagefolder, "decode_images", no_decoding)
+    monkeypatch.setattr(ImageFiles, "decode_uncached", no_decoding)
     again = build_dataset("imagefolder", folder, "train", workers=1)
     assert torch.equal(first.x, again.x) and torch.equal(first.y, again.y)
 
@@ -125,8 +125,8 @@ def test_cache_is_reused_then_invalidated_by_a_changed_file(folder, monkeypatch)
 def test_cache_is_keyed_by_decode_options(folder, monkeypatch):
     build_dataset("imagefolder", folder, "train", workers=1)
     calls = []
-    real = imagefolder.decode_images
-    monkeypatch.setattr(imagefolder, "decode_images", lambda *a: calls.append(a) or real(*a))
+    real = ImageFiles.decode_uncached
+    monkeypatch.setattr(ImageFiles, "decode_uncached", lambda *a: calls.append(a) or real(*a))
     small = build_dataset("imagefolder", folder, "train", workers=1, resize=2, crop=2)
     assert small.x.shape[-2:] == (2, 2) and len(calls) == 1
     build_dataset("imagefolder", folder, "train", workers=1)

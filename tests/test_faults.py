@@ -9,19 +9,20 @@ import time
 
 import pytest
 import torch
-from conftest import SRC, run_cli, state_equal, tiny_config, write_recipe
+from conftest import (
+    ONE_THREAD,
+    SRC,
+    assert_two_processes_match_one,
+    run_cli,
+    start_cli,
+    state_equal,
+    tiny_config,
+    write_recipe,
+)
 
 from spikeguide.config import parse_config
 from spikeguide.training.checkpoint import load_checkpoint
 from spikeguide.training.run import train
-
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-def start_cli(*args):
-    env = {**os.environ, "PYTHONPATH": SRC, **ONE_THREAD}
-    return subprocess.Popen([sys.executable, "-m", "spikeguide", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path):
@@ -105,15 +106,9 @@ def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(tmp_path):
 
 def test_two_gloo_processes_match_one_process(tmp_path):
     settings = dict(train={"epochs": 1, "sync_batchnorm": True})
-    single = parse_config(tiny_config(tmp_path, name="single", **settings))
-    train(single, max_steps=4)
-    recipe = write_recipe(tmp_path / "r.toml", tiny_config(tmp_path, name="ddp", **settings))
-    proc = run_cli("train", str(recipe), "--nproc", "2", "--max-steps", "4", env=ONE_THREAD)
-    assert proc.returncode == 0, proc.stderr
-    a = load_checkpoint(single.run_dir / "latest.pt")["model"]
-    b = load_checkpoint(tmp_path / "runs" / "ddp" / "latest.pt")["model"]
-    for key in a:
-        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
+    recipe = assert_two_processes_match_one(
+        tmp_path, tiny_config(tmp_path, name="single", **settings),
+        tiny_config(tmp_path, name="ddp", **settings), steps=4)
     # a full epoch: one process writes the log (one line, one TensorBoard file)
     proc = run_cli("train", str(recipe), "--nproc", "2", "--overwrite", env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import DATASETS
+from .data import DATASETS, LOADERS, Augment
 from .errors import SpikeguideError
 from .methods import METHODS
 from .models import MODELS
@@ -63,6 +63,11 @@ class AugmentConfig:
     cutout: int = 0
     policy: str | None = None  # autoaugment | trivialaugment
     roll: int = 0  # event frames: random spatial roll in pixels
+    # ImageNet's crop: a window of crop_scale of the area and crop_ratio aspect, resized to
+    # data.options.crop; per sample in the streaming loader's workers, with the flip
+    random_resized_crop: bool = False
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
 
 
 @dataclass
@@ -70,6 +75,11 @@ class DataConfig:
     name: str = "digits"
     root: str | None = None
     options: dict = field(default_factory=dict)  # passed to the dataset builder
+    # auto | memory | stream; auto keeps the decoded splits in memory while they fit within
+    # ram_share of the RAM (all processes on the machine) and gpu_share of the GPU's memory
+    loader: str = "auto"
+    ram_share: float = 0.5
+    gpu_share: float = 0.25
     train_subset: int | None = None  # class-balanced subset of the training split
     test_subset: int | None = None
     batch_size: int = 64
@@ -303,6 +313,7 @@ CHOICES = {
     "optim.name": tuple(OPTIMIZERS),
     "optim.schedule": SCHEDULES,
     "optim.weight_decay_on": WEIGHT_DECAY_ON,
+    "data.loader": LOADERS,
     "train.amp": tuple(AMP_DTYPES),
 }
 
@@ -326,6 +337,9 @@ def validate(cfg: Config) -> None:
     for key in ("optim.lr", "model.width"):
         if not _get(cfg, key) > 0:
             raise SpikeguideError(f"{key} must be positive, got {_get(cfg, key)}")
+    for key in ("data.ram_share", "data.gpu_share"):
+        if not 0 < _get(cfg, key) <= 1:
+            raise SpikeguideError(f"{key} must be in (0, 1], got {_get(cfg, key)}")
     for key in ("data.train_subset", "data.test_subset"):
         if _get(cfg, key) is not None and _get(cfg, key) < 1:
             raise SpikeguideError(f"{key} must be >= 1, got {_get(cfg, key)}")
@@ -333,3 +347,4 @@ def validate(cfg: Config) -> None:
     NEURONS.get(cfg.neuron.kind)
     SURROGATES.get(cfg.surrogate.name)
     DATASETS.get(cfg.data.name)
+    Augment(**dataclasses.asdict(cfg.data.augment))  # checks the augmentation's values

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import Config
-from ..data import ArrayDataset, Augment, InMemoryLoader
+from ..data import Augment, Dataset, make_loader
 from ..errors import SpikeguideError
 from ..models.base import in_mode
 from ..neurons import SURROGATES, Surrogate, get_surrogate, is_spiking
@@ -256,15 +256,16 @@ def plot_gradient_flow(reports: Sequence[FlowReport], path: Path, title: str = "
     return save(fig, path)
 
 
-def recipe_batches(cfg: Config, n: int) -> tuple[list[Batch], ArrayDataset]:
+def recipe_batches(cfg: Config, n: int) -> tuple[list[Batch], Dataset]:
     """The first ``n`` training batches of the recipe (normalized, not augmented) and the
     training set they come from."""
     from ..training.build import build_datasets
     from ..training.distributed import resolve_device
 
-    train_set, _ = build_datasets(cfg)
-    loader = InMemoryLoader(train_set, cfg.data.batch_size, shuffle=True, drop_last=True,
-                            seed=cfg.train.seed, device=resolve_device(cfg.train.device))
+    device = resolve_device(cfg.train.device)
+    train_set, _ = build_datasets(cfg, device)
+    loader = make_loader(train_set, cfg.data.batch_size, shuffle=True, drop_last=True,
+                         seed=cfg.train.seed, device=device)
     normalize = Augment(mean=train_set.mean, std=train_set.std).normalize
     return [(normalize(x), y) for (x, y), _ in zip(loader, range(n))], train_set
 

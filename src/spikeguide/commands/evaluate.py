@@ -12,7 +12,7 @@ from ..config import Config
 from ..data.loader import normalized_batches
 from ..errors import SpikeguideError
 from ..models import SpikingNet
-from ..training.build import build_test_set, check_frames, load_model
+from ..training.build import build_test_set, load_model
 from ..training.checkpoint import find_checkpoint
 from ..training.distributed import resolve_device
 
@@ -47,9 +47,8 @@ def evaluate_run(path: str | Path, overrides: Sequence[str] = (), prefer: str = 
     :data:`EVAL_OVERRIDES`) change how the run is evaluated, e.g. at another T."""
     check_eval_overrides(overrides)
     model, cfg, _ = load_model(path, prefer, overrides)
-    test_set = build_test_set(cfg)
-    check_frames(cfg, test_set)
     device = resolve_device(cfg.train.device)
+    test_set = build_test_set(cfg, device)
     model = model.to(device)
     scores = score_model(model, normalized_batches(test_set, cfg.data.eval_batch_size, device))
     activity = plot = None

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SpikeguideError
+from .decode import RandomResizedCrop
 from .policies import apply_policy
 
 POLICIES = ("autoaugment", "trivialaugment")
@@ -64,6 +65,10 @@ class Augment:
     unless ``mean``/``std`` are given. Cutout zeroes after normalisation, i.e. paints the mean.
     ``policy`` ("autoaugment": the CIFAR-10 policy; "trivialaugment": TrivialAugmentWide) is
     for static images only.
+
+    ``random_resized_crop`` (scale ``crop_scale``, aspect ratio ``crop_ratio``) needs the source
+    image, so the streaming loader's workers apply it, together with the flip, per sample
+    (:meth:`sample_crop`); this object then skips the flip.
     """
 
     crop_padding: int = 0
@@ -71,10 +76,15 @@ class Augment:
     cutout: int = 0
     policy: str | None = None
     roll: int = 0
+    random_resized_crop: bool = False
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        self.crop_scale, self.crop_ratio = tuple(self.crop_scale), tuple(self.crop_ratio)
+        self.sample_crop()  # checks the scale and ratio
         if min(self.crop_padding, self.cutout, self.roll) < 0:
             raise SpikeguideError("augment: crop_padding, cutout and roll must be >= 0")
         if self.policy is not None and self.policy not in POLICIES:
@@ -84,20 +94,33 @@ class Augment:
         if (self.mean is None) != (self.std is None):
             raise SpikeguideError("augment: give both mean and std, or neither")
 
+    def sample_crop(self) -> RandomResizedCrop | None:
+        """The per-sample part the loader applies, or None."""
+        if not self.random_resized_crop:
+            return None
+        return RandomResizedCrop(self.crop_scale, self.crop_ratio, flip=self.flip)
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 input for the model, without randomness (what evaluation uses)."""
         return self._standardize(self._to_float(x))
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator,
+                 shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """``x`` augmented; ``shard`` = (rank, processes): ``x`` is that rank's slice of a
+        global batch split into equal parts, and gets the rows of the global batch's draws, so
+        the ranks together augment exactly as one process would."""
         temporal = x.dim() == 5
         if temporal and self.policy:
             raise SpikeguideError("augment: policies apply to static images, not event frames")
         b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
         out = x.reshape(b, -1, h, w)  # T and polarity fold into channels: one draw per sample
+        rank, parts = shard
+        rows = slice(rank * b, (rank + 1) * b)
 
         def draw_int(low: int, high: int) -> torch.Tensor:
-            drawn = torch.randint(low, high, (b,), generator=generator, device=generator.device)
-            return drawn.to(x.device)
+            drawn = torch.randint(low, high, (b * parts,), generator=generator,
+                                  device=generator.device)
+            return drawn[rows].to(x.device)
 
         if self.crop_padding:
             span = 2 * self.crop_padding + 1
@@ -105,11 +128,11 @@ class Augment:
         if self.roll:
             out = roll_batch(out, draw_int(-self.roll, self.roll + 1),
                              draw_int(-self.roll, self.roll + 1))
-        if self.flip:
+        if self.flip and not self.random_resized_crop:
             out = flip_batch(out, draw_int(0, 2).bool())
         out = self._to_float(out.reshape(x.shape))
         if self.policy:
-            out = apply_policy(out, self.policy, generator)
+            out = apply_policy(out, self.policy, generator, b * parts, rows)
         out = self._standardize(out)
         if self.cutout:
             folded = cutout_batch(out.reshape(b, -1, h, w), self.cutout, draw_int(0, h),

@@ -1,4 +1,4 @@
-"""The in-memory dataset every builder returns."""
+"""The in-memory dataset kind, and the stratified subset rule that both dataset kinds share."""
 
 from __future__ import annotations
 
@@ -48,33 +48,48 @@ class ArrayDataset:
     def in_channels(self) -> int:
         return self.x.shape[2] if self.is_temporal else self.x.shape[1]
 
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one input frame (polarity channels for events)."""
+        return tuple(self.x.shape[-3:])
+
     def __len__(self) -> int:
         return self.y.shape[0]
 
     def subset(self, n: int, seed: int = 0) -> ArrayDataset:
-        """A stratified subset of ``n`` samples: each class keeps its share of the split.
+        """A stratified subset of ``n`` samples (see :func:`stratified_indices`); samples keep
+        their original order and ``info["subset"]`` records the choice."""
+        keep = stratified_indices(self.y, self.num_classes, n, seed)
+        return replace(self, x=self.x[keep], y=self.y[keep], info=subset_info(self.info, n, seed))
 
-        Quotas are ``n * count_c / N`` rounded down, the remainder going to the classes with the
-        largest fractional parts (lowest class index on ties); the members of each class are the
-        first of a seeded permutation. Samples keep their original order.
-        """
-        total = len(self)
-        if not 0 < n <= total:
-            raise SpikeguideError(f"subset size must be in 1..{total} for this split, got {n}")
-        counts = torch.bincount(self.y, minlength=self.num_classes)
-        exact = counts.double() * n / total
-        quota = exact.floor().long()
-        short = n - int(quota.sum())
-        # stable sort so ties go to the lowest class index
-        order = torch.sort(exact - quota, descending=True, stable=True).indices
-        quota[order[:short]] += 1
-        perm = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
-        labels = self.y[perm]
-        # rank of each permuted sample within its class: keep it when below the class quota
-        by_class = torch.sort(labels, stable=True).indices
-        starts = counts.cumsum(0) - counts
-        rank = torch.empty_like(labels)
-        rank[by_class] = torch.arange(total) - starts[labels[by_class]]
-        keep = perm[rank < quota[labels]].sort().values
-        info = {**self.info, "subset": {"n": n, "seed": seed, "rule": "stratified"}}
-        return replace(self, x=self.x[keep], y=self.y[keep], info=info)
+
+def subset_info(info: dict, n: int, seed: int) -> dict:
+    return {**info, "subset": {"n": n, "seed": seed, "rule": "stratified"}}
+
+
+def stratified_indices(y: torch.Tensor, num_classes: int, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a stratified subset of ``n`` of the labels ``y``: each class keeps its
+    share of the split.
+
+    Quotas are ``n * count_c / N`` rounded down, the remainder going to the classes with the
+    largest fractional parts (lowest class index on ties); the members of each class are the
+    first of a seeded permutation.
+    """
+    total = y.shape[0]
+    if not 0 < n <= total:
+        raise SpikeguideError(f"subset size must be in 1..{total} for this split, got {n}")
+    counts = torch.bincount(y, minlength=num_classes)
+    exact = counts.double() * n / total
+    quota = exact.floor().long()
+    short = n - int(quota.sum())
+    # stable sort so ties go to the lowest class index
+    order = torch.sort(exact - quota, descending=True, stable=True).indices
+    quota[order[:short]] += 1
+    perm = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    labels = y[perm]
+    # rank of each permuted sample within its class: keep it when below the class quota
+    by_class = torch.sort(labels, stable=True).indices
+    starts = counts.cumsum(0) - counts
+    rank = torch.empty_like(labels)
+    rank[by_class] = torch.arange(total) - starts[labels[by_class]]
+    return perm[rank < quota[labels]].sort().values

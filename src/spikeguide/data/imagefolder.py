@@ -1,18 +1,22 @@
-"""``imagefolder``: ``root/{train,val|test}/<class>/*.jpg|png``, decoded once and cached."""
+"""``imagefolder``: ``root/{train,val|test}/<class>/*.jpg|png``, or ImageNet's flat ``val/``.
+
+The builder lists the files and returns an :class:`ImageFiles`: the streaming loader decodes it
+batch by batch, ``build_dataset`` decodes it whole into memory (cached).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..errors import SpikeguideError
-from .base import ArrayDataset
-from .cache import ArrayCache, file_manifest
-from .layout import check_split, class_dirs, find_dir, natural_key
-from .parallel import parallel_imap
+from .decode import resolve_decoder
+from .imagefiles import ImageFiles
+from .imagenet_val import expected_layout, flat_labels
+from .layout import check_split, find_dir, natural_key, subfolders
 from .registry import register_dataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -27,66 +31,52 @@ SOURCE = (
 FOLDERS = {"train": ("train",), "val": ("val", "test"), "test": ("test", "val")}
 
 
-def decode_image(path: Path, resize: int | None, crop: int | None, mode: str) -> np.ndarray:
-    """One image as uint8 ``[H, W, C]``: shorter side resized to ``resize`` (bilinear), then
-    a ``crop`` x ``crop`` center crop (torchvision's Resize(int) + CenterCrop arithmetic)."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert(mode)
-            if resize:
-                w, h = image.size
-                short, long = (w, h) if w <= h else (h, w)
-                new_long = int(resize * long / short)
-                size = (resize, new_long) if w <= h else (new_long, resize)
-                image = image.resize(size, Image.BILINEAR)
-            if crop:
-                w, h = image.size
-                if w < crop or h < crop:
-                    raise SpikeguideError(
-                        f"imagefolder: {path} is {w}x{h}, smaller than crop={crop}; "
-                        f"set the resize option to at least {crop}"
-                    )
-                left, top = int(round((w - crop) / 2)), int(round((h - crop) / 2))
-                image = image.crop((left, top, left + crop, top + crop))
-            array = np.asarray(image)
-    except (OSError, SyntaxError, ValueError) as err:  # what Pillow raises on corrupt files
-        raise SpikeguideError(
-            f"imagefolder: cannot decode {path} ({err}); the file is corrupt or not an image: "
-            "replace or delete it"
-        ) from None
-    return array[:, :, None] if array.ndim == 2 else array
+def images_in(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, in natural order (``9.jpg`` before ``10.jpg``)."""
+    return sorted((f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in EXTENSIONS),
+                  key=lambda f: natural_key(f.name))
 
 
-def _decode_one(args: tuple) -> np.ndarray:
-    return decode_image(*args)
+def list_class_folders(folder: Path, classes: list[Path]) -> tuple[list[str], list[int]]:
+    names, labels = [], []
+    for label, class_dir in enumerate(classes):
+        images = images_in(class_dir)
+        if not images:
+            raise SpikeguideError(f"imagefolder: class folder {class_dir} holds no .jpg/.png images")
+        names += [f"{class_dir.name}/{f.name}" for f in images]
+        labels += [label] * len(images)
+    return names, labels
 
 
-def decode_images(files: list[Path], resize: int | None, crop: int | None, mode: str,
-                  workers: int | None) -> np.ndarray:
-    """All ``files`` as one uint8 ``[N, C, H, W]`` array, decoded in worker processes."""
-    out = None
-    jobs = [(f, resize, crop, mode) for f in files]
-    for i, image in enumerate(parallel_imap(_decode_one, jobs, workers)):
-        if out is None:
-            out = np.empty((len(files), image.shape[2], image.shape[0], image.shape[1]), np.uint8)
-        if image.shape != (out.shape[2], out.shape[3], out.shape[1]):
-            raise SpikeguideError(
-                f"imagefolder: {files[i]} is {image.shape[1]}x{image.shape[0]} but {files[0]} is "
-                f"{out.shape[3]}x{out.shape[2]}; images must share one size: set the resize and "
-                "crop options (e.g. resize=256, crop=224)"
-            )
-        out[i] = image.transpose(2, 0, 1)
-    return out
+def list_split(root, split: str) -> tuple[Path, list[str], list[int], list[str], dict]:
+    """The split's folder, its files (relative), labels, class names and where labels came from."""
+    folder = find_dir(root, FOLDERS[split], "imagefolder", EXPECTED, SOURCE)
+    classes = subfolders(folder)
+    if classes:
+        names, labels = list_class_folders(folder, classes)
+        return folder, names, labels, [d.name for d in classes], {"folder": folder.name}
+    loose = [f.name for f in images_in(folder)]
+    if not loose or split == "train":
+        raise SpikeguideError(f"imagefolder: {folder} has no class folders; expected "
+                              f"{EXPECTED if split == 'train' else expected_layout(folder)}")
+    # ImageNet's own validation layout: the classes are the training split's
+    train = subfolders(find_dir(root, FOLDERS["train"], "imagefolder", EXPECTED, SOURCE))
+    class_names = [d.name for d in train]
+    labels, source = flat_labels(folder, Path(root).expanduser(), loose, class_names)
+    return folder, loose, labels, class_names, {"folder": folder.name, "labels": source.name}
 
 
 @register_dataset("imagefolder")
 def imagefolder(root, split: str, *, resize: int | None = None, crop: int | None = None,
-                mode: str = "RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                workers: int | None = None, cache_dir: str | None = None) -> ArrayDataset:
+                mode: str = "RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD, decoder: str = "auto",
+                skip_corrupt: bool = False, workers: int | None = None,
+                cache_dir: str | None = None) -> ImageFiles:
     """Images in class folders, sorted by folder name; files in natural order (9 before 10).
 
-    ``mode`` is "RGB" or "L"; ``mean``/``std`` default to ImageNet's; ``workers`` decode
-    processes (default os.cpu_count()); the decoded array is cached under ``cache_dir``.
+    ``mode`` is "RGB" or "L"; ``mean``/``std`` default to ImageNet's; ``decoder`` "auto"
+    (simplejpeg where installed, else Pillow), "pillow" or "simplejpeg"; ``skip_corrupt``
+    replaces an unreadable file by the next readable one instead of stopping; ``workers``
+    decode processes; ``cache_dir`` holds the split decoded in memory.
     """
     check_split("imagefolder", split, ("train", "val", "test"))
     if mode not in ("RGB", "L"):
@@ -94,33 +84,13 @@ def imagefolder(root, split: str, *, resize: int | None = None, crop: int | None
     mean, std = tuple(map(float, mean)), tuple(map(float, std))
     if len(mean) != len(mode) or len(std) != len(mode):
         raise SpikeguideError(f"imagefolder: mean and std need {len(mode)} values for mode {mode!r}")
-    folder = find_dir(root, FOLDERS[split], "imagefolder", EXPECTED, SOURCE)
-    classes = class_dirs(folder, "imagefolder", EXPECTED)
-    files, labels = [], []
-    for label, class_dir in enumerate(classes):
-        images = sorted(
-            (f for f in class_dir.iterdir() if f.suffix.lower() in EXTENSIONS),
-            key=lambda f: natural_key(f.name),
-        )
-        if not images:
-            raise SpikeguideError(f"imagefolder: class folder {class_dir} holds no .jpg/.png images")
-        files += images
-        labels += [label] * len(images)
-
-    options = {"resize": resize, "crop": crop, "mode": mode}
-    cache = ArrayCache("imagefolder", {"root": str(folder.resolve()), **options}, cache_dir)
-    manifest = file_manifest(files, folder)
-    cached = cache.load(manifest, ("x",))
-    if cached is not None:
-        x = cached["x"]
-    else:
-        x = decode_images(files, resize, crop, mode, workers)
-        cache.save(manifest, {"x": x})
-    return ArrayDataset(
-        x=torch.from_numpy(x),
+    decoder = resolve_decoder(decoder)
+    folder, names, labels, classes, info = list_split(root, split)
+    return ImageFiles(
+        folder=folder,
+        names=np.array([os.fsencode(n) for n in names], dtype=np.bytes_),
         y=torch.tensor(labels, dtype=torch.int64),
-        classes=[d.name for d in classes],
-        mean=mean,
-        std=std,
-        info={"folder": folder.name, **options, "resample": "bilinear, then center crop"},
+        classes=classes, mean=mean, std=std, mode=mode, resize=resize, crop=crop,
+        decoder=decoder, skip_corrupt=skip_corrupt, workers=workers, cache_dir=cache_dir,
+        info={**info, "resize": resize, "crop": crop, "mode": mode, "decoder": decoder},
     )

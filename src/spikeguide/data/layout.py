@@ -42,9 +42,14 @@ def find_dir(root, names: tuple[str, ...], dataset: str, expected: str, source: 
     raise missing_data(dataset, root, expected, source, download)
 
 
+def subfolders(folder: Path) -> list[Path]:
+    """Folders in ``folder``, sorted by name (the class index order of class folders)."""
+    return sorted((d for d in folder.iterdir() if d.is_dir()), key=lambda d: d.name)
+
+
 def class_dirs(folder: Path, dataset: str, expected: str) -> list[Path]:
     """Class folders of ``folder``, sorted by name (the class index order)."""
-    dirs = sorted((d for d in folder.iterdir() if d.is_dir()), key=lambda d: d.name)
+    dirs = subfolders(folder)
     if not dirs:
         raise SpikeguideError(f"{dataset}: {folder} has no class folders; expected {expected}")
     return dirs

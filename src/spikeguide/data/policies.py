@@ -101,11 +101,14 @@ def sample_stages(policy: str, batch: int, height: int, width: int,
     return [(op, mag, torch.ones(batch, dtype=torch.bool, device=dev))]
 
 
-def apply_policy(x: torch.Tensor, policy: str, generator: torch.Generator) -> torch.Tensor:
-    """``x`` float ``[B, C, H, W]`` in [0, 1], each sample augmented by its own draw."""
+def apply_policy(x: torch.Tensor, policy: str, generator: torch.Generator,
+                 batch: int | None = None, rows: slice = slice(None)) -> torch.Tensor:
+    """``x`` float ``[B, C, H, W]`` in [0, 1], each sample augmented by its own draw; ``x`` may
+    be the ``rows`` of a batch of ``batch`` samples, drawn for the whole batch."""
     x = x.clone()
-    for op, mag, applied in sample_stages(policy, x.shape[0], x.shape[2], x.shape[3], generator):
-        op, mag, applied = op.to(x.device), mag.to(x.device), applied.to(x.device)
+    stages = sample_stages(policy, batch or x.shape[0], x.shape[2], x.shape[3], generator)
+    for op, mag, applied in stages:
+        op, mag, applied = op[rows].to(x.device), mag[rows].to(x.device), applied[rows].to(x.device)
         for k, name in enumerate(OPS):
             chosen = (applied & (op == k)).nonzero().squeeze(1)
             if name != "Identity" and chosen.numel():

@@ -1,4 +1,9 @@
-"""Dataset registry: ``register_dataset`` for builders, ``build_dataset`` for the Trainer."""
+"""Dataset registry: ``register_dataset`` for builders; ``open_dataset`` and ``build_dataset``
+to call them.
+
+A builder returns either dataset kind: an :class:`ArrayDataset` (read whole into memory) or an
+:class:`ImageFiles` (a list of files, which the streaming loader decodes batch by batch).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,16 @@ from typing import Callable
 from ..errors import SpikeguideError
 from ..registry import Registry
 from .base import ArrayDataset
+from .imagefiles import ImageFiles
 
-DATASETS: Registry[Callable[..., ArrayDataset]] = Registry("dataset")
+Dataset = ArrayDataset | ImageFiles
+
+DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
 register_dataset = DATASETS.register
 
 
-def build_dataset(name: str, root: str | Path | None, split: str, **options) -> ArrayDataset:
-    """Build split ``split`` of dataset ``name`` from ``root``; unknown options are errors."""
+def open_dataset(name: str, root: str | Path | None, split: str, **options) -> Dataset:
+    """Split ``split`` of dataset ``name`` as its builder returns it; unknown options are errors."""
     builder = DATASETS.get(name)
     params = inspect.signature(builder).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -27,3 +35,9 @@ def build_dataset(name: str, root: str | Path | None, split: str, **options) -> 
     dataset = builder(root, split, **options)
     dataset.info = {"dataset": name, "split": split, **dataset.info}
     return dataset
+
+
+def build_dataset(name: str, root: str | Path | None, split: str, **options) -> ArrayDataset:
+    """Split ``split`` of dataset ``name`` held in memory (image files decoded and cached)."""
+    dataset = open_dataset(name, root, split, **options)
+    return dataset.decode() if isinstance(dataset, ImageFiles) else dataset

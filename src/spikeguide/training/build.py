@@ -3,33 +3,57 @@
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any, Sequence
 
+import torch
+
 from ..config import Config, apply_overrides, parse_config
-from ..data import ArrayDataset, build_dataset
+from ..data import Dataset, ImageFiles, choose_loader, open_dataset
 from ..errors import SpikeguideError
 from ..methods import METHODS
 from ..models import SpikingNet, checked_weights, create_model
 from .checkpoint import find_checkpoint, load_checkpoint
+from .distributed import resolve_device
+
+log = logging.getLogger("spikeguide")
 
 
-def build_test_set(cfg: Config) -> ArrayDataset:
+def build_splits(cfg: Config, splits: tuple[str, ...], device: torch.device | None = None
+                 ) -> list[Dataset]:
+    """The ``splits`` of the run's data (subsets applied), in memory or as files to stream as
+    ``data.loader`` decides for all of them together (``device``: where training runs; default
+    ``train.device``). The choice and its reason are logged and go into each split's info."""
     d = cfg.data
-    test = build_dataset(d.name, d.root, "test", **d.options)
-    return test.subset(d.test_subset, seed=cfg.train.seed) if d.test_subset else test
+    subsets = {"train": d.train_subset, "test": d.test_subset}
+    datasets = []
+    for split in splits:
+        dataset = open_dataset(d.name, d.root, split, **d.options)
+        datasets.append(dataset.subset(subsets[split], seed=cfg.train.seed)
+                        if subsets[split] else dataset)
+    choice = choose_loader(d.loader, datasets,
+                           random_crop=d.augment.random_resized_crop and "train" in splits,
+                           device=device or resolve_device(cfg.train.device),
+                           ram_share=d.ram_share, gpu_share=d.gpu_share)
+    log.info("data loader: %s (%s)", choice.kind, choice.reason)
+    if choice.kind == "memory":
+        datasets = [ds.decode() if isinstance(ds, ImageFiles) else ds for ds in datasets]
+    for dataset in datasets:
+        dataset.info = {**dataset.info, "loader": choice.kind, "loader_reason": choice.reason}
+    return datasets
 
 
-def build_datasets(cfg: Config) -> tuple[ArrayDataset, ArrayDataset]:
-    d = cfg.data
-    train = build_dataset(d.name, d.root, "train", **d.options)
-    test = build_test_set(cfg)
-    if d.train_subset:
-        train = train.subset(d.train_subset, seed=cfg.train.seed)
+def build_test_set(cfg: Config, device: torch.device | None = None) -> Dataset:
+    return build_splits(cfg, ("test",), device)[0]
+
+
+def build_datasets(cfg: Config, device: torch.device | None = None) -> tuple[Dataset, Dataset]:
+    train, test = build_splits(cfg, ("train", "test"), device)
     check_frames(cfg, train)
     return train, test
 
 
-def check_frames(cfg: Config, dataset: ArrayDataset) -> None:
+def check_frames(cfg: Config, dataset: Dataset) -> None:
     """Event data runs one time step per frame: model.T must be the frame count."""
     if dataset.is_temporal and dataset.x.shape[1] != cfg.model.T:
         raise SpikeguideError(

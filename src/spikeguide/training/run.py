@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..config import Config, parse_config, read_toml, to_dict
-from ..data import ArrayDataset
+from ..data import Dataset
 from ..errors import SpikeguideError, TrainingStopped
 from ..methods import METHODS, Method
 from ..models import checked_weights, load_twin_weights
@@ -34,7 +34,7 @@ from .trainer import Trainer, TrainSummary
 log = logging.getLogger("spikeguide")
 
 
-def build_method(cfg: Config, train_set: ArrayDataset, test_set: ArrayDataset | None = None,
+def build_method(cfg: Config, train_set: Dataset, test_set: Dataset | None = None,
                  teacher_record: dict[str, Any] | None = None) -> Method:
     """The method and its student; a teacher is loaded when the method or
     ``teacher.init_student`` needs one, and its test record (``teacher_record``, or evaluated on
@@ -83,7 +83,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     ensure_teacher(cfg)
     if not dist.is_main:  # rank 0 decodes and caches the data first, the others then read it
         barrier(dist)
-    train_set, test_set = build_datasets(cfg)
+    train_set, test_set = build_datasets(cfg, device)
     if dist.is_main:
         barrier(dist)
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every process and rerun

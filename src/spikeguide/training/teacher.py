@@ -25,7 +25,7 @@ from typing import Any
 
 from ..analysis.scoring import score_model
 from ..config import Config, load_config
-from ..data import ArrayDataset
+from ..data import Dataset
 from ..data.loader import normalized_batches
 from ..errors import SpikeguideError
 from ..models import SpikingNet
@@ -85,7 +85,7 @@ def load_teacher(cfg: Config, student: SpikingNet) -> tuple[SpikingNet, str]:
 
 
 def score_teacher(cfg: Config, teacher: SpikingNet, source: str,
-                  test_set: ArrayDataset) -> dict[str, Any]:
+                  test_set: Dataset) -> dict[str, Any]:
     """The teacher's record on the student's test split (what ``teacher.json`` holds)."""
     device = resolve_device(cfg.train.device)
     scores = score_model(teacher.to(device),
@@ -94,7 +94,7 @@ def score_teacher(cfg: Config, teacher: SpikingNet, source: str,
     return {"checkpoint": source, "top1": scores.top1, "top5": scores.top5, "loss": scores.loss}
 
 
-def prepare_teacher(cfg: Config, student: SpikingNet, test_set: ArrayDataset | None = None,
+def prepare_teacher(cfg: Config, student: SpikingNet, test_set: Dataset | None = None,
                     record: dict[str, Any] | None = None) -> SpikingNet:
     """Load the teacher ``cfg`` names; its test record (``record``, or evaluated on ``test_set``)
     goes to the student's run directory."""

@@ -5,8 +5,9 @@ The Trainer does not know which method it runs: it calls the method (``Method.fo
 method's own modules alike.
 
 Exact resume: the data order is a function of (seed, epoch) and the augmentation randomness of
-(seed, epoch, step), so a checkpoint that stores model, optimizer, scheduler, scaler and the
-position (epoch, step) continues bit-identically on CPU, also from the middle of an epoch.
+(seed, epoch, step) (a streamed random-resized-crop's of (seed, epoch, index)), so a checkpoint
+that stores model, optimizer, scheduler, scaler and the position (epoch, step) continues
+bit-identically on CPU, also from the middle of an epoch.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from ..analysis.scoring import Scores, score_model
 from ..config import Config, dump_toml, to_dict
-from ..data import ArrayDataset, Augment, InMemoryLoader
+from ..data import Augment, Dataset, make_loader
 from ..data.loader import mix_seed
 from ..errors import SpikeguideError
 from ..methods import Method
@@ -67,8 +68,8 @@ def firing_text(rate: float | None) -> str:
 class Trainer:
     """Trains ``method`` on ``train_set``, evaluating on ``test_set`` after every epoch."""
 
-    def __init__(self, cfg: Config, method: Method, train_set: ArrayDataset,
-                 test_set: ArrayDataset, *, device: torch.device, dist: DistInfo = DistInfo()):
+    def __init__(self, cfg: Config, method: Method, train_set: Dataset, test_set: Dataset, *,
+                 device: torch.device, dist: DistInfo = DistInfo()):
         self.cfg = cfg
         self.device = device
         self.dist = dist
@@ -89,15 +90,17 @@ class Trainer:
                        if dist.enabled else method)
         self.run_dir = cfg.run_dir
         self.augment = Augment(**asdict(cfg.data.augment), mean=train_set.mean, std=train_set.std)
-        # every process draws the augmentation of the whole global batch and keeps its own
-        # slice, so N processes train on exactly the inputs one process would see
-        self.train_loader = InMemoryLoader(train_set, cfg.data.batch_size, shuffle=True,
-                                           drop_last=True, seed=cfg.train.seed, device=device)
-        self.test_loader = InMemoryLoader(test_set, cfg.data.eval_batch_size, shuffle=False,
-                                          drop_last=False, device=device, rank=dist.rank,
-                                          world_size=dist.world_size)
+        # every process loads its slice of each global batch and augments it with its rows of
+        # the whole batch's draws, so N processes train on exactly the inputs one process would see
+        self.train_loader = make_loader(train_set, cfg.data.batch_size, shuffle=True,
+                                        drop_last=True, seed=cfg.train.seed, device=device,
+                                        rank=dist.rank, world_size=dist.world_size,
+                                        random_crop=self.augment.sample_crop())
+        self.test_loader = make_loader(test_set, cfg.data.eval_batch_size, shuffle=False,
+                                       drop_last=False, device=device, rank=dist.rank,
+                                       world_size=dist.world_size)
         self.data_info = {"num_classes": train_set.num_classes, "in_channels": train_set.in_channels,
-                          "frame_shape": list(train_set.x.shape[-3:]),  # [C, H, W] of one input
+                          "frame_shape": list(train_set.frame_shape),  # [C, H, W] of one input
                           "train": train_set.info, "test": test_set.info}
         self.optimizer = build_optimizer(cfg.optim, method)
         steps = len(self.train_loader)
@@ -172,10 +175,7 @@ class Trainer:
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> bool:
         """One optimizer step; returns whether any process asked to stop."""
         gen = torch.Generator().manual_seed(mix_seed(self.cfg.train.seed, self.epoch, self.step))
-        x = self.augment(x, gen)
-        if self.dist.enabled:
-            x = x.tensor_split(self.dist.world_size)[self.dist.rank]
-            y = y.tensor_split(self.dist.world_size)[self.dist.rank]
+        x = self.augment(x, gen, shard=(self.dist.rank, self.dist.world_size))
         with self._autocast():
             loss, logits = self.engine(x, y)
         loss_sum, stop = all_reduce_sum([float(loss.detach()), self.stop_signal is not None],
