@@ -29,10 +29,15 @@ class RateBPOptions(LAFOptions):
     laf: bool = False
     alpha: float = 0.0  # weight of logit distillation from the teacher
     tau: float = 4.0  # its temperature
+    # time steps each convolution of the spiking pass runs at once; 0: 1 on CPU, all T on CUDA
+    conv_steps: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_distillation(self.tau, self.alpha, "method.tau", "method.alpha")
+        if self.conv_steps < 0:
+            raise SpikeguideError(f"method.conv_steps must be >= 0 (0: the device's default), "
+                                  f"got {self.conv_steps}")
 
 
 @register_method("ratebp")
@@ -53,7 +58,7 @@ class RateBP(Method):
             )
 
     def training_step(self, x, y) -> StepResult:
-        out = rate_forward(self.student, x, self.return_stages)
+        out = rate_forward(self.student, x, self.return_stages, self.options.conv_steps)
         target = None
         if self.teacher is not None:
             with torch.no_grad():
