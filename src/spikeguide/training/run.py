@@ -28,6 +28,7 @@ from .distributed import (
     resolve_device,
 )
 from .teacher import prepare_teacher, teacher_config, teacher_summary
+from .threads import set_threads
 from .trainer import Trainer
 
 log = logging.getLogger("spikeguide")
@@ -80,6 +81,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     if dist.is_main:
         prepare_run_dir(cfg, resume, overwrite)
     ensure_teacher(cfg)
+    threads = set_threads(cfg.train.threads)  # after the teacher's run, which chose its own
     if not dist.is_main:  # rank 0 decodes and caches the data first, the others then read it
         barrier(dist)
     train_set, test_set = build_datasets(cfg)
@@ -100,6 +102,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     # before it is there
     barrier(dist)
     summary["run_dir"] = str(cfg.run_dir)
+    summary["threads"] = threads.threads
     summary.update(teacher_summary(cfg.run_dir))
     return summary
 
