@@ -81,7 +81,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     if dist.is_main:
         prepare_run_dir(cfg, resume, overwrite)
     ensure_teacher(cfg)
-    threads = set_threads(cfg.train.threads)  # after the teacher's run, which chose its own
+    set_threads(cfg.train.threads)  # after the teacher's run, which chose its own
     if not dist.is_main:  # rank 0 decodes and caches the data first, the others then read it
         barrier(dist)
     train_set, test_set = build_datasets(cfg)
@@ -102,7 +102,6 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     # before it is there
     barrier(dist)
     summary["run_dir"] = str(cfg.run_dir)
-    summary["threads"] = threads.threads
     summary.update(teacher_summary(cfg.run_dir))
     return summary
 
