@@ -20,9 +20,9 @@ the post-reset membrane (``g_t = sg'(u_t - threshold)``):
 The derivations are in ``docs/ratebp.md``. Only running sums are kept, so the memory beyond the
 spikes does not grow with T.
 
-:func:`record_neuron` runs a fused kernel where one exists (:mod:`spikeguide.neurons.kernels.record`:
-C++ on CPU, Triton on CUDA, for the built-in surrogates); :func:`record_chunk` is the eager
-reference and the fallback for everything else.
+:func:`record_neuron` runs a fused kernel where one exists
+(:mod:`spikeguide.neurons.kernels.record`: C++ on CPU, Triton on CUDA, for the built-in
+surrogates); :func:`record_eager` is the eager reference and the fallback for everything else.
 """
 
 from __future__ import annotations

@@ -175,7 +175,9 @@ def _replay_batch_norm(m, forward, x, record):
 
 def rule_for(m: nn.Module, conv_steps: int = 0) -> tuple[Callable, Callable] | None:
     """(record, replay) for a module that needs routing; None for one that is linear over time.
-    ``conv_steps``: time steps per convolution call in the spiking pass (0: the device's default)."""
+
+    ``conv_steps``: time steps per convolution call in the spiking pass (0: the device's default).
+    """
     if isinstance(m, CONVS):  # nothing to replay: linear over time
         return functools.partial(_time_chunked, steps=conv_steps), None
     if is_spiking(m):

@@ -168,7 +168,7 @@ double backward(torch::Tensor grad_s, torch::Tensor h, c10::optional<torch::Tens
 enum class Rule { kSoftDetached, kSoft, kHardDetached, kHard };
 
 // One step of a block of n neurons from its charged membrane h and surrogate derivative sg:
-// spikes, spike counts (kept in T: exact below 2^24 steps, and one type keeps the loop
+// spikes, spike counts (kept as floats: exact below 2^24 steps, and one type keeps the loop
 // vectorized), eligibility sum and trace, reset membrane.
 template <typename T, Rule R>
 inline void record_step(const T* __restrict h, const T* __restrict sg, T* __restrict st,
@@ -221,7 +221,8 @@ void record_typed(const torch::Tensor& current, torch::Tensor& spikes, torch::Te
                          : (detach ? Rule::kHardDetached : Rule::kHard);
   auto run = [&](auto kernel) {
     kernel(current.data_ptr<T>(), current.stride(0), spikes.data_ptr<T>(), counts.data_ptr<C>(),
-           eligibility.data_ptr<T>(), current.size(0), current.size(1), decay, threshold, sid, width);
+           eligibility.data_ptr<T>(), current.size(0), current.size(1), decay, threshold, sid,
+           width);
   };
   switch (rule) {
     case Rule::kSoftDetached: run(record_kernel<T, C, Rule::kSoftDetached>); break;
@@ -237,7 +238,8 @@ void record(torch::Tensor current, torch::Tensor spikes, torch::Tensor counts,
             torch::Tensor eligibility, double decay, double threshold, bool soft, bool detach,
             int64_t sid, double width) {
   const int64_t steps = current.size(0), N = current.size(1);
-  TORCH_CHECK(current.stride(1) == 1 && (steps == 1 || current.stride(0) == N || current.stride(0) == 0),
+  TORCH_CHECK(current.stride(1) == 1 &&
+              (steps == 1 || current.stride(0) == N || current.stride(0) == 0),
               "lif_cpu.record needs rows of N contiguous elements");
   TORCH_CHECK(spikes.is_contiguous() && eligibility.is_contiguous() && counts.is_contiguous() &&
               spikes.scalar_type() == current.scalar_type() &&
