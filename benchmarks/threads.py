@@ -6,8 +6,9 @@ For each number of competing jobs (each a Python busy loop that keeps one CPU bu
 seconds before the measurements and stopped after them), every thread setting is timed by
 ``memory_time.py``'s timing process: a fresh process per setting, median of ``--steps`` steps
 after ``--warmup``. ``auto`` is the count training chooses by default
-(:func:`spikeguide.training.threads.choose_threads`), chosen inside that process while the
-competing jobs run; the table shows the count it chose. Run it on an otherwise idle machine: the
+(:func:`spikeguide.training.threads.choose_threads`, with ``OMP_NUM_THREADS`` cleared), chosen
+inside that process while the competing jobs run; the table shows the count it chose. The
+machine line gives torch's default thread count here. Run it on an otherwise idle machine: the
 competing jobs are the load it measures.
 """
 
@@ -58,6 +59,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     args = p.parse_args()
     args.device = "cpu"
+    os.environ.pop("OMP_NUM_THREADS", None)  # else 'auto' would take it, as training does
     print(f"{args.method}, {args.model} width {args.width:g}, batch {args.batch}, T={args.T}, "
           f"cpu; median of {args.steps} steps after {args.warmup}")
     print(f"machine: {machine(torch.device('cpu'))}; {len(os.sched_getaffinity(0))} CPUs usable "
