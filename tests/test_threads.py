@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import tiny_config
@@ -66,8 +68,9 @@ def test_cpu_times_are_read_per_cpu():
             "intr 12345\n")
     assert read_cpu_times([0], stat) == {0: (45, 72)}  # idle + iowait, the first eight fields
     assert read_cpu_times([0, 1, 2], stat) == {0: (45, 72), 1: (90, 100)}
-    now = threads.idle_cpus([0], seconds=0.05)  # this machine's own /proc/stat
-    assert now is not None and 0.0 <= now <= 1.0
+    if Path("/proc/stat").is_file():  # this machine's own
+        now = threads.idle_cpus([0], seconds=0.05)
+        assert now is not None and 0.0 <= now <= 1.0
 
 
 def test_training_sets_the_chosen_threads(tmp_path):
