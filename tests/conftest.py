@@ -7,6 +7,8 @@ import pytest
 import torch
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+# one thread in every process the tests start, too (training would otherwise choose its own)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def tiny_config(tmp_path, **sections) -> dict:

@@ -206,7 +206,8 @@ COMPILE_TRITON = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from spikeguide.neurons.kernels import triton_lif as K
+import itertools
+from spikeguide.neurons.kernels import triton_lif as K, triton_record as R
 
 def ptx(fn, ptrs, scalars, constexprs):
     sig = {**{a: "*fp32" for a in ptrs}, **scalars, **{c: "constexpr" for c in constexprs}}
@@ -222,6 +223,11 @@ for soft in (True, False):
         ptx(K._backward, ["grad_s", "mem", "pre", "grad_i", "partial"], {"N": "i32", "T": "i32",
             "decay": "fp32", "threshold": "fp32", "width": "fp32"},
             {"SOFT": soft, "DETACH": sid % 2 == 0, "SID": sid, "WANT_DECAY": True, "BLOCK": K.BLOCK})
+    for detach, sid in itertools.product((False, True), range(5)):  # rate-based BP's recording
+        code = ptx(R._record, ["cur", "spk", "elig"], {"cnt": "*u8", "stride_t": "i32", "N": "i32",
+                   "T": "i32", "decay": "fp32", "threshold": "fp32", "width": "fp32"},
+                   {"SOFT": soft, "DETACH": detach, "SID": sid, "BLOCK": K.BLOCK})
+        assert "fma" not in code, "a fused multiply-add would change membrane values"
 print("compiled")
 """
 

@@ -115,6 +115,7 @@ class TrainConfig:
     sync_batchnorm: bool = False  # with several processes: BN statistics over the global batch
     channels_last: bool = False  # NHWC image activations (faster convolutions; docs/speed.md)
     progress: bool = True  # progress bars (only shown on a terminal)
+    threads: int = 0  # torch threads; 0: the CPUs free to this process (training/threads.py)
 
 
 @dataclass
@@ -331,7 +332,8 @@ def validate(cfg: Config) -> None:
         if _get(cfg, key) not in choices:
             raise SpikeguideError(f"{key} must be one of {choices}, got {_get(cfg, key)!r}")
     for key, low in [("model.T", 1), ("train.epochs", 1), ("data.batch_size", 1),
-                     ("data.eval_batch_size", 1), ("train.checkpoint_every", 0)]:
+                     ("data.eval_batch_size", 1), ("train.checkpoint_every", 0),
+                     ("train.threads", 0)]:
         if _get(cfg, key) < low:
             raise SpikeguideError(f"{key} must be >= {low}, got {_get(cfg, key)}")
     for key in ("optim.lr", "model.width"):

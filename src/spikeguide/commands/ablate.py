@@ -44,6 +44,7 @@ from ..training.build import build_test_set, load_model
 from ..training.run import ensure_teacher, ensure_trained
 from ..training.runlog import read_metrics
 from ..training.teacher import score_teacher, teacher_source
+from ..training.threads import choose_threads
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,7 @@ def init_worker(threads: int, log_level: int, stop_event) -> None:
     checkpoint and stop it (the main process forwards the signal)."""
     global _stop_event
     _stop_event = stop_event
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # what each cell's training then keeps
     torch.set_num_threads(threads)
     logging.basicConfig(level=log_level, format="%(message)s", stream=sys.stderr)
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -250,7 +252,8 @@ def run_ablation(recipe: str | Path, Ts: list[int] | None = None,
     ``Ts`` defaults to the recipe's ``model.T``, ``variants`` to all of :data:`VARIANTS`,
     ``seeds`` to the recipe's ``train.seed``, ``out`` to ``OUT_DIR/NAME_ablation`` of the
     recipe. With ``jobs > 1`` that many worker processes train cells at once (the largest T
-    first), splitting this process's torch threads between them; every cell is the same run it
+    first), sharing the threads :func:`~spikeguide.training.threads.choose_threads` gives this
+    process (``train.threads``, when set, is each cell's own); every cell is the same run it
     would be alone (seeded, own folder).
     """
     raw, base = base_config(recipe, list(overrides or []))
@@ -287,7 +290,8 @@ def run_ablation(recipe: str | Path, Ts: list[int] | None = None,
             echo(f"{label(key)}: {cfg.run_dir}")
             record(key, *train_cell(cfg, teacher_record))
         return out
-    threads = max(1, torch.get_num_threads() // jobs)
+    # an explicit train.threads is every cell's; else the free CPUs are shared
+    threads = base.train.threads or max(1, choose_threads().threads // jobs)
     level = logging.getLogger("spikeguide").getEffectiveLevel()
     context = multiprocessing.get_context("spawn")
     stop_event = context.Event()

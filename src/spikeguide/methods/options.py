@@ -64,17 +64,24 @@ GRAD_SCALES = ("bptt", "1/T")
 
 @dataclass
 class RateOptions(OptionGroup):
-    """How rate-based BP scales the loss gradient (docs/ratebp.md, "Gradient scale").
+    """The rate-based BP step's settings (docs/ratebp.md).
 
-    ``"bptt"``: the gradient of the loss as it is, the scale BPTT gives for the same loss.
-    ``"1/T"``: the loss gradient divided by T, loss value unchanged, as the official rate-BP code
-    does in rate mode (``CustomEvaluator`` in ``model/layer.py`` of
-    Tab-ct/rate-based-backpropagation).
+    ``grad_scale``, how the loss gradient is scaled ("Gradient scale"): ``"bptt"``, the gradient
+    of the loss as it is, the scale BPTT gives for the same loss; ``"1/T"``, the loss gradient
+    divided by T, loss value unchanged, as the official rate-BP code does in rate mode
+    (``CustomEvaluator`` in ``model/layer.py`` of Tab-ct/rate-based-backpropagation).
+
+    ``conv_steps``: time steps each convolution of the spiking pass runs at once; 0: one on CPU,
+    all T on CUDA.
     """
 
     grad_scale: str = "bptt"
+    conv_steps: int = 0
 
     def check(self) -> None:
         if self.grad_scale not in GRAD_SCALES:
             raise SpikeguideError(f"method.grad_scale must be one of {GRAD_SCALES}, got "
                                   f"{self.grad_scale!r}")
+        if self.conv_steps < 0:
+            raise SpikeguideError(f"method.conv_steps must be >= 0 (0: the device's default), "
+                                  f"got {self.conv_steps}")

@@ -16,7 +16,7 @@ def rate_outputs(method: Method, x: torch.Tensor, return_stages: bool = False
                  ) -> tuple[ModelOutput, ModelOutput | None]:
     """The student's rate-pass output (one-step graph, time averages in value) and, when the
     method has a teacher, the teacher's output on the same batch (no graph)."""
-    out = rate_forward(method.student, x, return_stages)
+    out = rate_forward(method.student, x, return_stages, method.options.conv_steps)
     if method.teacher is None:
         return out, None
     with torch.no_grad():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 
@@ -33,28 +34,23 @@ class _RecordedBatchNorm(torch.autograd.Function):
     same at every step (the rate approximation), the pooled statistics' derivatives summed over
     time are those of ordinary batch statistics of ``xbar`` (``dmu/dxbar_i = 1/N``,
     ``dvar/dxbar_i = 2 (xbar_i - mu) / N``), so the backward is the usual training-mode BN
-    backward with the recorded mean and inverse std (docs/ratebp.md). At T = 1 it is exactly
-    autograd's.
+    backward with the recorded mean and inverse std (docs/ratebp.md): PyTorch's own kernel,
+    handed those statistics as the ones it saved. At T = 1 it is exactly autograd's.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, mean, var, eps):
         ctx.save_for_backward(x, weight, mean, torch.rsqrt(var + eps))
+        ctx.eps = eps
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         x, weight, mean, invstd = ctx.saved_tensors
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        dims = [d for d in range(x.dim()) if d != 1]
-        xhat = (x - mean.view(shape)) * invstd.view(shape)
-        grad_bias = grad.sum(dims)
-        grad_weight = (grad * xhat).sum(dims)
-        n = x.numel() // x.shape[1]
-        scale = invstd if weight is None else weight * invstd
-        grad_x = scale.view(shape) * (grad - (grad_bias.view(shape) + xhat * grad_weight.view(shape)) / n)
-        if weight is None:
-            return grad_x, None, None, None, None, None
+        affine = weight is not None
+        grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad, x, weight, None, None, mean, invstd, True, ctx.eps, [True, affine, affine])
         return grad_x, grad_weight, grad_bias, None, None, None
 
 

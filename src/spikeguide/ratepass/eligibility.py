@@ -19,6 +19,10 @@ the post-reset membrane (``g_t = sg'(u_t - threshold)``):
 
 The derivations are in ``docs/ratebp.md``. Only running sums are kept, so the memory beyond the
 spikes does not grow with T.
+
+:func:`record_neuron` runs a fused kernel where one exists
+(:mod:`spikeguide.neurons.kernels.record`: C++ on CPU, Triton on CUDA, for the built-in
+surrogates); :func:`record_eager` is the eager reference and the fallback for everything else.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import torch
 
 from ..neurons import Surrogate
+from ..neurons.kernels.record import count_dtype, fused_record, record_backend
 
 
 def scale_by_reset_gain(kappa: torch.Tensor, u: torch.Tensor, s: torch.Tensor, g: torch.Tensor,
@@ -50,16 +55,29 @@ def record_neuron(current: torch.Tensor, decay: float | torch.Tensor, threshold:
     """(spikes ``[T, ...]``, spike counts ``[...]``, eligibility ``[...]``) of one neuron layer.
 
     The firing rate is ``counts / T``; counts are kept as bytes (for T < 256), so that a layer's
-    records take 5 bytes a neuron until the rate pass needs them. Neurons are independent, so the
-    layer runs in chunks of neurons: besides the spikes, the memory is a few chunk-sized buffers,
-    whatever T and the layer size.
+    records take 5 bytes a neuron until the rate pass needs them. A fused kernel runs where one
+    exists, else :func:`record_eager`; both give the same spikes and counts and the same
+    eligibility up to float rounding.
+    """
+    backend = record_backend(current, surrogate)
+    if backend is not None:
+        return fused_record(current, decay, threshold, reset, detach_reset, surrogate, backend)
+    return record_eager(current, decay, threshold, reset, detach_reset, surrogate)
+
+
+def record_eager(current: torch.Tensor, decay: float | torch.Tensor, threshold: float, reset: str,
+                 detach_reset: bool, surrogate: Surrogate
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`record_neuron` in eager tensor operations, on any device, dtype and surrogate.
+
+    Neurons are independent, so the layer runs in chunks of neurons: besides the spikes, the
+    memory is a few chunk-sized buffers, whatever T and the layer size.
     """
     T = current.shape[0]
     flat = current.reshape(T, -1)
     spikes = torch.empty(flat.shape, dtype=current.dtype, device=current.device)
     eligibility = torch.empty_like(spikes[0])
-    counts = torch.empty(flat.shape[1], dtype=torch.uint8 if T < 256 else torch.int32,
-                         device=current.device)
+    counts = torch.empty(flat.shape[1], dtype=count_dtype(T), device=current.device)
     for start in range(0, flat.shape[1], CHUNK):
         chunk = slice(start, start + CHUNK)
         record_chunk(flat[:, chunk], spikes[:, chunk], eligibility[chunk], decay, threshold, reset,

@@ -6,6 +6,8 @@
    its recorded time average, so the forward values are the spiking pass's time averages and the
    backward runs through a one-step graph. Nothing T-long is kept for the backward.
 
+At T = 1 the rate pass's input to every layer is the spiking pass's, so one forward does both.
+
 The rate pass input: a static image ``[B, C, H, W]`` is the same at every step, so it is the input
 itself, run with ``model.T = 1`` (the encoding is broadcast over ``model.T``); event frames
 ``[B, T, C, H, W]`` are averaged over time into one frame ``[B, 1, C, H, W]`` (the encoder is
@@ -41,11 +43,28 @@ def single_step(model: SpikingNet) -> Iterator[None]:
         model.T = T
 
 
-def rate_forward(model: SpikingNet, x: torch.Tensor, return_stages: bool = False) -> ModelOutput:
+def rate_forward(model: SpikingNet, x: torch.Tensor, return_stages: bool = False,
+                 conv_steps: int = 0) -> ModelOutput:
     """The rate pass's output (``logits_t`` and ``feature_t`` ``[1, B, ...]``, stages
-    ``[1, B, C, H, W]``): time averages of the spiking pass in value, with a one-step graph."""
-    recorder = RateRecorder(model)  # per call: sees the model as it is now (e.g. after RepAct)
-    with torch.no_grad(), recorder.recording(time_steps(model, x)):
+    ``[1, B, C, H, W]``): time averages of the spiking pass in value, with a one-step graph.
+
+    ``conv_steps``: time steps each convolution of the spiking pass runs at once (0: 1 on CPU,
+    all T on CUDA; see :class:`RateRecorder`). At T = 1 both passes run as one
+    (:meth:`RateRecorder.in_one_pass`): the same values and gradients for one forward less.
+    """
+    # per call: sees the model as it is now (e.g. after RepAct)
+    recorder = RateRecorder(model, conv_steps)
+    T = time_steps(model, x)
+    if T == 1:
+        with recorder.in_one_pass():
+            return model.forward_features(x, return_stages)
+    return two_passes(model, recorder, x, T, return_stages)
+
+
+def two_passes(model: SpikingNet, recorder: RateRecorder, x: torch.Tensor, T: int,
+               return_stages: bool = False) -> ModelOutput:
+    """The spiking pass over ``T`` steps, then the rate pass (:func:`rate_forward`)."""
+    with torch.no_grad(), recorder.recording(T):
         model.forward_features(x)
     with recorder.replaying(), single_step(model):
         return model.forward_features(rate_input(x), return_stages)

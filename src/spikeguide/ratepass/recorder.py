@@ -6,10 +6,10 @@
   eligibility; the rate pass returns the recorded rate with the eligibility as derivative;
 * max pooling: the rate pass returns the recorded time-averaged output, with the gradient of the
   pooling at the time-averaged input (straight-through);
-* batch norm that uses batch statistics: the spiking pass records them (and updates the running
-  statistics as usual); the rate pass normalizes with them;
-* convolutions: the spiking pass runs them one time step's slice at a time (the same output, with
-  one step's workspace); the rate pass leaves them alone.
+* batch norm that uses batch statistics: the spiking pass records them, normalizes with them and
+  updates the running statistics as the layer would; the rate pass normalizes with them;
+* convolutions: the spiking pass runs them a few time steps' slices at a time (the same output,
+  with the workspace of those steps; ``conv_steps``); the rate pass leaves them alone.
 
 Every other leaf module must be linear and time-invariant (convolution, linear, average pooling,
 flatten, identity), so that on the time-averaged input it gives the time average of its spiking
@@ -25,12 +25,15 @@ depend on how the neuron computes its own forward (its backend).
 
 from __future__ import annotations
 
+import functools
+import math
 from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..errors import SpikeguideError
 from ..neurons import is_spiking
@@ -112,14 +115,27 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, (square - mean * mean).clamp_min(0)
 
 
-def _stepwise(m, forward, x, T):
-    """A convolution on a time-folded ``[T*B, ...]`` input, run one step's slice at a time.
+def conv_steps_for(x: torch.Tensor, T: int, steps: int) -> int:
+    """Time steps per convolution call: ``steps``, or for 0 the default of ``x``'s device."""
+    if steps > 0:
+        return min(steps, T)
+    # CPU: measured no faster batched, while oneDNN's reordered copies grow with the batch
+    return T if x.device.type == "cuda" else 1
 
-    Convolution is per sample, so the output is the same (bit for bit on CPU); only the layer's
-    own workspace (oneDNN's reordered copies and scratch) becomes that of one step instead of T.
+
+def _time_chunked(m, forward, x, T, steps=0):
+    """A convolution on a time-folded ``[T*B, ...]`` input, run ``steps`` time steps at a time.
+
+    Convolution is per sample, so the output is the same (up to float rounding: oneDNN may choose
+    another algorithm for another batch size); only the layer's own workspace (oneDNN's reordered
+    copies and scratch) becomes that of ``steps`` steps instead of T. A static input's encoding
+    (``[B, ...]``, shared by every step) is split alike.
     """
+    steps = conv_steps_for(x, T, steps)
+    if steps == T:
+        return forward(x), None
     out, start = None, 0
-    for part in x.chunk(T):
+    for part in x.split(math.ceil(len(x) * steps / T)):
         y = forward(part)
         if out is None:
             out = y.new_empty((x.shape[0], *y.shape[1:]))
@@ -128,18 +144,42 @@ def _stepwise(m, forward, x, T):
     return out, None
 
 
+def update_running_stats(bn: BatchNorm, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+    """What a training-mode forward of ``bn`` does to its running statistics, given the batch
+    mean and biased variance of ``n`` values a channel."""
+    if not (bn.training and bn.track_running_stats and bn.running_mean is not None):
+        return
+    bn.num_batches_tracked.add_(1)
+    factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
+    bn.running_var.lerp_((var * (n / (n - 1))).to(bn.running_var.dtype), factor)
+
+
 def _record_batch_norm(m, forward, x, T):
-    return forward(x), channel_stats(x)
+    """Normalize with the statistics recorded for the rate pass, and update the running
+    statistics as the layer's training-mode forward would: that forward computes its statistics
+    itself, which on CPU takes several times as long as :func:`channel_stats` and a
+    normalization together."""
+    n = x.numel() // x.shape[1]
+    if n < 2:
+        raise SpikeguideError(f"{type(m).__name__} needs more than one value per channel in "
+                              f"training, got an input of shape {tuple(x.shape)}")
+    mean, var = channel_stats(x)
+    update_running_stats(m, mean, var, n)
+    return F.batch_norm(x, mean, var, m.weight, m.bias, False, 0.0, m.eps), (mean, var)
 
 
 def _replay_batch_norm(m, forward, x, record):
     return recorded_batch_norm(x, m, *record)
 
 
-def rule_for(m: nn.Module) -> tuple[Callable, Callable] | None:
-    """(record, replay) for a module that needs routing; None for one that is linear over time."""
-    if isinstance(m, CONVS):
-        return _stepwise, None  # nothing to replay: linear over time
+def rule_for(m: nn.Module, conv_steps: int = 0) -> tuple[Callable, Callable] | None:
+    """(record, replay) for a module that needs routing; None for one that is linear over time.
+
+    ``conv_steps``: time steps per convolution call in the spiking pass (0: the device's default).
+    """
+    if isinstance(m, CONVS):  # nothing to replay: linear over time
+        return functools.partial(_time_chunked, steps=conv_steps), None
     if is_spiking(m):
         return _record_neuron, _replay_neuron
     if isinstance(m, nn.ReLU):
@@ -181,11 +221,13 @@ class RateRecorder:
     """The spiking pass (:meth:`recording`) and the rate pass (:meth:`replaying`) of one model.
 
     Records are kept per module in call order, so a module called twice per forward replays its
-    two records in the same order.
+    two records in the same order. ``conv_steps``: time steps each convolution of the spiking pass
+    runs at once (0: 1 on CPU, all T on CUDA).
     """
 
-    def __init__(self, model: nn.Module):
-        self.rules = {m: rule for m in model.modules() if (rule := rule_for(m)) is not None}
+    def __init__(self, model: nn.Module, conv_steps: int = 0):
+        self.rules = {m: rule for m in model.modules()
+                      if (rule := rule_for(m, conv_steps)) is not None}
         self.records: dict[nn.Module, deque[Any]] = {m: deque() for m in self.rules}
 
     @contextmanager
@@ -226,3 +268,25 @@ class RateRecorder:
         finally:
             for queue in self.records.values():
                 queue.clear()
+
+    @contextmanager
+    def in_one_pass(self) -> Iterator[None]:
+        """Both passes at once, for T = 1: each routed layer records its input without autograd
+        and at once replays the record on that input, with autograd.
+
+        At one step the rate pass gives every layer the input the spiking pass gave it (the
+        time averages are the values themselves), so this is the two passes without running the
+        model twice. Layers that need no replay (convolutions) run as they are.
+        """
+        def make(m, record, replay):
+            forward = m.forward
+
+            def recorded_and_replayed(x):
+                with torch.no_grad():
+                    _, rec = record(m, forward, x, 1)
+                return replay(m, forward, x, rec)
+            return recorded_and_replayed
+
+        with _overridden({m: make(m, record, replay) for m, (record, replay) in self.rules.items()
+                          if replay is not None}):
+            yield

@@ -29,6 +29,7 @@ from .distributed import (
     resolve_device,
 )
 from .teacher import prepare_teacher, recorded_teacher_top1, teacher_config
+from .threads import set_threads
 from .trainer import Trainer, TrainSummary
 
 log = logging.getLogger("spikeguide")
@@ -81,6 +82,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     if dist.is_main:
         prepare_run_dir(cfg, resume, overwrite)
     ensure_teacher(cfg)
+    set_threads(cfg.train.threads)  # after the teacher's run, which chose its own
     if not dist.is_main:  # rank 0 decodes and caches the data first, the others then read it
         barrier(dist)
     train_set, test_set = build_datasets(cfg, device)

@@ -28,7 +28,10 @@ def _build():
         return cpp_extension.load(
             name="spikeguide_lif_cpu",
             sources=[str(Path(__file__).with_name("lif_cpu.cpp"))],
-            extra_cflags=["-O3", "-ffp-contract=off"],
+            # no fused multiply-add (exact membranes); -fno-trapping-math lets GCC turn the
+            # kernels' comparisons into vector selects (floating-point exception flags only: no
+            # value changes)
+            extra_cflags=["-O3", "-ffp-contract=off", "-fno-trapping-math"],
             verbose=False,
         ), None
     except Exception as exc:  # no compiler, no ninja, no headers: report, let "auto" fall back

@@ -160,9 +160,107 @@ double backward(torch::Tensor grad_s, torch::Tensor h, c10::optional<torch::Tens
   return gd;
 }
 
+// The spiking pass of rate-based BP (spikeguide.ratepass.eligibility.record_chunk, the eager
+// reference): the forward above plus, per neuron, the spike count and the eligibility
+//   kappa = decay * kappa + 1;  e += sg(h_t - threshold) * kappa;  kappa *= a_t
+// with the reset gain a_t of the rule (1, 1 - threshold * sg, 1 - s, 1 - s - h * sg), and e /= T
+// at the end. The operations are those of the reference in the same order.
+enum class Rule { kSoftDetached, kSoft, kHardDetached, kHard };
+
+// One step of a block of n neurons from its charged membrane h and surrogate derivative sg:
+// spikes, spike counts (kept as floats: exact below 2^24 steps, and one type keeps the loop
+// vectorized), eligibility sum and trace, reset membrane.
+template <typename T, Rule R>
+inline void record_step(const T* __restrict h, const T* __restrict sg, T* __restrict st,
+                        T* __restrict n_spikes, T* __restrict e, T* __restrict kappa,
+                        T* __restrict u, int64_t n, T threshold) {
+  constexpr bool soft = R == Rule::kSoftDetached || R == Rule::kSoft;
+  for (int64_t i = 0; i < n; ++i) {
+    const T sp = h[i] >= threshold ? T(1) : T(0);
+    st[i] = sp;
+    n_spikes[i] += sp;
+    e[i] = e[i] + sg[i] * kappa[i];
+    if constexpr (R == Rule::kSoft) kappa[i] = kappa[i] + -threshold * kappa[i] * sg[i];
+    if constexpr (R == Rule::kHardDetached) kappa[i] = kappa[i] - kappa[i] * sp;
+    if constexpr (R == Rule::kHard) kappa[i] = kappa[i] * ((T(1) - sp) - h[i] * sg[i]);
+    u[i] = soft ? h[i] - threshold * sp : h[i] - h[i] * sp;
+  }
+}
+
+template <typename T, typename C, Rule R>
+void record_kernel(const T* I, int64_t stride_t, T* s, C* counts, T* elig, int64_t steps,
+                   int64_t N, T decay, T threshold, int sid, T width) {
+  at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+    T u[kBlock], h[kBlock], kappa[kBlock], e[kBlock], sg[kBlock], n_spikes[kBlock];
+    for (int64_t b = begin; b < end; b += kBlock) {
+      const int64_t n = std::min(kBlock, end - b);
+      for (T* state : {u, kappa, e, n_spikes}) std::fill(state, state + n, T(0));
+      for (int64_t t = 0; t < steps; ++t) {
+        const T* it = I + t * stride_t + b;
+        for (int64_t i = 0; i < n; ++i) {
+          T x = decay * u[i];
+          h[i] = x + it[i];
+          kappa[i] = kappa[i] * decay + T(1);
+        }
+        surrogate(sid, width, h, threshold, static_cast<const T*>(nullptr), sg, n);
+        record_step<T, R>(h, sg, s + t * N + b, n_spikes, e, kappa, u, n, threshold);
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        counts[b + i] = static_cast<C>(n_spikes[i]);
+        elig[b + i] = e[i] / T(steps);
+      }
+    }
+  });
+}
+
+template <typename T, typename C>
+void record_typed(const torch::Tensor& current, torch::Tensor& spikes, torch::Tensor& counts,
+                  torch::Tensor& eligibility, T decay, T threshold, bool soft, bool detach, int sid,
+                  T width) {
+  const Rule rule = soft ? (detach ? Rule::kSoftDetached : Rule::kSoft)
+                         : (detach ? Rule::kHardDetached : Rule::kHard);
+  auto run = [&](auto kernel) {
+    kernel(current.data_ptr<T>(), current.stride(0), spikes.data_ptr<T>(), counts.data_ptr<C>(),
+           eligibility.data_ptr<T>(), current.size(0), current.size(1), decay, threshold, sid,
+           width);
+  };
+  switch (rule) {
+    case Rule::kSoftDetached: run(record_kernel<T, C, Rule::kSoftDetached>); break;
+    case Rule::kSoft: run(record_kernel<T, C, Rule::kSoft>); break;
+    case Rule::kHardDetached: run(record_kernel<T, C, Rule::kHardDetached>); break;
+    case Rule::kHard: run(record_kernel<T, C, Rule::kHard>); break;
+  }
+}
+
+// current: [T, N] rows as for forward; spikes: contiguous [T, N]; counts (uint8 or int32) and
+// eligibility: contiguous [N]. sid: a built-in surrogate (0..4).
+void record(torch::Tensor current, torch::Tensor spikes, torch::Tensor counts,
+            torch::Tensor eligibility, double decay, double threshold, bool soft, bool detach,
+            int64_t sid, double width) {
+  const int64_t steps = current.size(0), N = current.size(1);
+  TORCH_CHECK(current.stride(1) == 1 &&
+              (steps == 1 || current.stride(0) == N || current.stride(0) == 0),
+              "lif_cpu.record needs rows of N contiguous elements");
+  TORCH_CHECK(spikes.is_contiguous() && eligibility.is_contiguous() && counts.is_contiguous() &&
+              spikes.scalar_type() == current.scalar_type() &&
+              eligibility.scalar_type() == current.scalar_type() && counts.numel() == N);
+  TORCH_CHECK(sid >= 0 && sid <= 4, "lif_cpu.record evaluates the built-in surrogates only");
+  TORCH_CHECK(counts.scalar_type() == torch::kUInt8 || counts.scalar_type() == torch::kInt32,
+              "lif_cpu.record counts in uint8 or int32");
+  AT_DISPATCH_FLOATING_TYPES(current.scalar_type(), "lif_cpu_record", [&] {
+    auto typed = [&](auto count_type) {
+      record_typed<scalar_t, decltype(count_type)>(current, spikes, counts, eligibility,
+                                                   scalar_t(decay), scalar_t(threshold), soft,
+                                                   detach, int(sid), scalar_t(width));
+    };
+    if (counts.scalar_type() == torch::kUInt8) typed(uint8_t{}); else typed(int32_t{});
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "fused multi-step LIF forward");
   m.def("backward", &backward, "fused multi-step LIF backward");
+  m.def("record", &record, "spiking pass of rate-based BP: spikes, spike counts, eligibility");
 }
