@@ -19,7 +19,7 @@ import torch
 
 from ..errors import SpikeguideError
 from ..models import ModelOutput
-from ..ratepass import rate_forward
+from ..ratepass import check_model, rate_forward
 from .base import Method, StepResult, register_method
 from .losses import LAFOptions, check_distillation, kd_loss, laf_term
 
@@ -46,6 +46,7 @@ class RateBP(Method):
 
     def __init__(self, student, options=None, **kw):
         super().__init__(student, options, **kw)
+        check_model(student)  # an unsupported layer or neuron fails now, not at the first step
         if self.teacher is None and self.teacher_needed(self.options):
             raise SpikeguideError(
                 f"method {type(self).__name__.lower()!r} with alpha > 0 or laf = true distills "
