@@ -185,15 +185,29 @@ def test_a_lif_subclass_with_its_own_reset_keeps_none_of_lifs_other_pieces(monke
         check_model(neuron)
 
 
+def with_neurons(cls, **kw):
+    model = create_model("resnet20", width=1 / 16, T=2, **kw)
+    for name, _ in model.neurons():
+        model.set_submodule(name, cls())
+    return model
+
+
 def test_nir_export_refuses_a_lif_subclass_with_its_own_reset():
     pytest.importorskip("nir")
     from spikeguide.export.nir import to_nir
 
-    model = create_model("resnet20", width=1 / 16, T=2).eval()
-    for name, _ in model.neurons():
-        model.set_submodule(name, HalfSoftLIF())
     with pytest.raises(SpikeguideError, match="HalfSoftLIF redefines reset_membrane but not nir_node"):
-        to_nir(model)
+        to_nir(with_neurons(HalfSoftLIF).eval())
+
+
+@pytest.mark.parametrize("method", ["ratebp", "hybrid"])
+def test_rate_methods_refuse_a_neuron_without_its_gains_when_built(method):
+    from spikeguide.methods import METHODS
+
+    teacher = create_model("resnet20", width=1 / 16, spiking=False)
+    with pytest.raises(SpikeguideError, match="cannot train the neuron HalfSoftLIF"):
+        METHODS.get(method)(with_neurons(HalfSoftLIF), teacher=teacher)
+    METHODS.get(method)(with_neurons(HalfSoftLIFWithGain), teacher=teacher)
 
 
 def test_a_lif_subclass_with_its_reset_gain_is_recorded_from_its_own_dynamics():
