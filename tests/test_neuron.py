@@ -243,3 +243,30 @@ def test_ratebp_records_the_lif_family_by_the_fast_path(monkeypatch):
     model = create_model("resnet20", width=1 / 16, T=2, neuron="plif")
     rate_forward(model, torch.rand(2, 3, 16, 16))
     assert generic.count == 0 and fast.count == len(model.neurons())
+
+
+def test_dynamics_no_backend_declares_run_the_reference_loop():
+    from spikeguide.neurons.kernels import resolve_backend
+
+    class OtherSpec(tuple):
+        """A spec type no fused backend runs."""
+
+    x = torch.zeros(2, 3)
+    assert resolve_backend("auto", x, OtherSpec) == "torch"
+    assert resolve_backend("torch", x, OtherSpec) == "torch"
+    with pytest.raises(SpikeguideError, match="the 'fused' neuron backend does not run OtherSpec"):
+        resolve_backend("fused", x, OtherSpec)
+    assert resolve_backend("fused", x) == "fused"  # LIF's spec, the default
+
+
+def test_a_neuron_must_define_its_dynamics_and_subclass_the_contract():
+    from spikeguide.neurons import SpikingNeuron, register_neuron
+
+    class NoReset(SpikingNeuron):
+        def charge(self, u, current):
+            return u + current
+
+    with pytest.raises(SpikeguideError, match="the neuron NoReset must define reset_membrane"):
+        NoReset()
+    with pytest.raises(TypeError, match="needs a SpikingNeuron subclass"):
+        register_neuron("relu_neuron")(torch.nn.ReLU)

@@ -38,7 +38,7 @@ from ..surrogates import Surrogate
 from . import cpu
 from .fused import TorchLoops, fused_lif
 from .pool import BufferPool
-from .spec import SUPPORT, KernelSupport, LIFSpec, has_kernel
+from .spec import SUPPORT, KernelSupport, LIFSpec
 
 BACKENDS = ("auto", "torch", "fused", "compiled", "triton")
 AUTO_ORDER = ("compiled", "fused")  # "triton" has not run on a GPU yet: never picked by "auto"
@@ -116,4 +116,4 @@ def empty_cache() -> None:
 
 
 __all__ = ["BACKENDS", "SUPPORT", "KernelSupport", "LIFSpec", "check_backend", "empty_cache",
-           "fused_forward", "has_kernel", "resolve_backend"]
+           "fused_forward", "resolve_backend"]

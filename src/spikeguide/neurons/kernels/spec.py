@@ -51,8 +51,3 @@ SUPPORT = {
     "compiled": KernelSupport((LIFSpec,), ("cpu",), CPU_DTYPES),
     "triton": KernelSupport((LIFSpec,), ("cuda",), (torch.float32,)),
 }
-
-
-def has_kernel(spec_type: type) -> bool:
-    """Whether any fused backend runs dynamics of this spec type."""
-    return any(support.runs(spec_type) for support in SUPPORT.values())
