@@ -5,7 +5,7 @@ import torch
 
 from spikeguide.errors import SpikeguideError
 from spikeguide.models import create_model
-from spikeguide.neurons import IF, LIF, PLIF, SURROGATES, get_surrogate, is_spiking
+from spikeguide.neurons import IF, LIF, PLIF, SURROGATES, NIRNode, get_surrogate, is_spiking
 from spikeguide.ratepass import check_model, rate_forward, record_dynamics, record_neuron
 
 
@@ -198,6 +198,14 @@ def test_nir_export_refuses_a_lif_subclass_with_its_own_reset():
 
     with pytest.raises(SpikeguideError, match="HalfSoftLIF redefines reset_membrane but not nir_node"):
         to_nir(with_neurons(HalfSoftLIF).eval())
+
+    class UnknownNode(LIF):
+        def nir_node(self, dt):
+            return NIRNode("NoSuchNode", {})
+
+    with pytest.raises(SpikeguideError, match="UnknownNode.nir_node names 'NoSuchNode', which is "
+                       "not a node type of the nir package"):
+        to_nir(with_neurons(UnknownNode).eval())
 
 
 @pytest.mark.parametrize("method", ["ratebp", "hybrid"])

@@ -70,10 +70,14 @@ class _Builder:
             kind, params = m.nir_node(self.dt)
         except SpikeguideError as e:
             raise SpikeguideError(f"{name}: {e}") from None
+        node_type = getattr(self.nir, kind, None)
+        if not isinstance(node_type, type):
+            raise SpikeguideError(f"{name}: {type(m).__name__}.nir_node names {kind!r}, which is "
+                                  "not a node type of the nir package")
         shape = self.shapes[name]
         arrays = {k: np.broadcast_to(np.asarray(v, dtype=np.float32), shape).copy()
                   for k, v in params.items()}
-        return self.add(name, getattr(self.nir, kind)(**arrays), sources)
+        return self.add(name, node_type(**arrays), sources)
 
     def conv(self, name: str, conv: nn.Conv2d, bn, sources):
         if conv.padding_mode != "zeros":

@@ -83,7 +83,7 @@ def resolve_backend(name: str, current: torch.Tensor, dynamics: type = LIFSpec) 
 
     ``"auto"`` is the first of :data:`AUTO_ORDER` that runs them on this tensor, else ``"torch"``
     (the neuron's reference loop); a named backend must run them on this device, and a dtype it
-    lacks runs ``"fused"``.
+    lacks runs ``"fused"`` (or ``"torch"`` for dynamics ``"fused"`` does not run).
     """
     if name == "torch":
         return name
@@ -98,7 +98,7 @@ def resolve_backend(name: str, current: torch.Tensor, dynamics: type = LIFSpec) 
                               f"{' or '.join(d.upper() for d in devices)} tensors; use 'auto'")
     dtypes = SUPPORT[name].dtypes
     if dtypes is not None and current.dtype not in dtypes:
-        return "fused"
+        return "fused" if SUPPORT["fused"].runs(dynamics) else "torch"
     return name
 
 
