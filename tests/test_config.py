@@ -44,6 +44,11 @@ def test_integers_widen_to_float_but_not_the_reverse():
     ({"data": {"batch_size": -4}}, "data.batch_size must be >= 1, got -4"),
     ({"data": {"name": "cifar11"}}, "unknown dataset 'cifar11'"),
     ({"neuron": {"reset": "zero"}}, "neuron.reset must be one of"),
+    ({"neuron": {"options": {"leak": 0.3}}}, "neuron 'lif' has no option\\(s\\) \\['leak'\\]; its "
+     "options: decay, threshold, reset, detach_reset, backend"),
+    ({"neuron": {"options": {"decay": 0.3}}}, "neuron.options.decay: set it as neuron.decay"),
+    ({"neuron": {"kind": "if", "decay": 0.5}}, "the IF neuron has no leak"),
+    ({"surrogate": {"width": -1}}, "surrogate width must be a positive number"),
     ({"optim": {"lr": 0}}, "optim.lr must be positive"),
     ({"train": {"amp": "fp8"}}, "train.amp must be one of"),
     ({"data": {"loader": "disk"}}, "data.loader must be one of \\('auto', 'memory', 'stream'\\)"),
@@ -72,3 +77,18 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(None, ["method.name=\"bptt\"", "method.tet_lambda=0.05", "model.width=0.5"])
     again = load_config(write(tmp_path, dump_toml(cfg)))
     assert to_dict(again) == to_dict(cfg)
+
+
+def test_unset_neuron_fields_take_the_neurons_defaults():
+    assert to_dict(parse_config({}))["neuron"] == {
+        "kind": "lif", "decay": 0.5, "threshold": 1.0, "reset": "hard", "detach_reset": False,
+        "backend": "auto", "options": {}}
+    assert parse_config({"neuron": {"kind": "if"}}).neuron.decay == 1.0
+
+
+def test_a_config_resolved_before_neuron_defaults_were_filled_in_is_the_same_config():
+    """Run directories written earlier held threshold, reset, detach_reset and backend but no
+    decay: they must still compare equal to a fresh default config (reuse, resume)."""
+    earlier = {"neuron": {"kind": "lif", "threshold": 1.0, "reset": "hard", "detach_reset": False,
+                          "backend": "auto"}}
+    assert to_dict(parse_config(earlier)) == to_dict(parse_config({}))

@@ -4,7 +4,22 @@ import pytest
 import torch
 
 from spikeguide.errors import SpikeguideError
-from spikeguide.neurons import IF, LIF, PLIF, SURROGATES, get_surrogate
+from spikeguide.models import create_model
+from spikeguide.neurons import (
+    IF,
+    LIF,
+    PLIF,
+    SURROGATES,
+    NIRNode,
+    get_surrogate,
+    is_spiking,
+)
+from spikeguide.ratepass import (
+    check_model,
+    rate_forward,
+    record_dynamics,
+    record_neuron,
+)
 
 
 def hand_lif(current, decay, threshold, reset):
@@ -19,7 +34,7 @@ def hand_lif(current, decay, threshold, reset):
             membrane[t, i] = u  # before reset
             spikes[t, i] = s
             if s:
-                u = u - threshold if reset == "soft" else 0.0
+                u = {"soft": u - threshold, "hard": 0.0, "half": u - threshold / 2}[reset]
     return spikes, membrane
 
 
@@ -133,3 +148,146 @@ def test_all_surrogates_are_tested():
 def test_bad_neuron_arguments_are_clear_errors(kwargs, match):
     with pytest.raises(SpikeguideError, match=match):
         LIF(**kwargs)
+
+
+class HalfSoftLIF(LIF):
+    """Redefines LIF's reset (half the threshold taken back) and nothing else."""
+
+    def reset_membrane(self, u, s):
+        return u - 0.5 * self.threshold * s
+
+
+class HalfSoftLIFWithGain(HalfSoftLIF):
+    def reset_gain(self, u, s, g):
+        return 1 - 0.5 * self.threshold * g
+
+
+class CountedCalls:
+    def __init__(self, monkeypatch, module, name):
+        self.count, fn = 0, getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            self.count += 1
+            return fn(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapper)
+
+
+@pytest.mark.parametrize("cls", [LIF, IF, PLIF])
+def test_the_lif_family_runs_the_fused_kernels(cls, monkeypatch):
+    from spikeguide.neurons import base
+
+    fused = CountedCalls(monkeypatch, base, "fused_forward")
+    reference = CountedCalls(monkeypatch, base, "reference_loop")
+    cls()(CURRENT)
+    assert (fused.count, reference.count) == (1, 0)
+
+
+def test_a_lif_subclass_with_its_own_reset_keeps_none_of_lifs_other_pieces(monkeypatch):
+    from spikeguide.neurons import base
+
+    fused = CountedCalls(monkeypatch, base, "fused_forward")
+    neuron = HalfSoftLIF(decay=0.5, reset="soft")
+    assert torch.equal(neuron(CURRENT), hand_lif(CURRENT, 0.5, 1.0, "half")[0])
+    assert fused.count == 0  # LIF's kernels run LIF's reset: the reference loop runs instead
+    assert is_spiking(neuron)
+    with pytest.raises(SpikeguideError, match="no fused kernel runs the neuron HalfSoftLIF "
+                       "\\(HalfSoftLIF redefines reset_membrane but not kernel_spec\\)"):
+        HalfSoftLIF(backend="compiled")
+    with pytest.raises(SpikeguideError, match="rate-based backpropagation cannot train the neuron "
+                       "HalfSoftLIF: HalfSoftLIF redefines reset_membrane but not reset_gain"):
+        check_model(neuron)
+
+
+def with_neurons(cls, **kw):
+    model = create_model("resnet20", width=1 / 16, T=2, **kw)
+    for name, _ in model.neurons():
+        model.set_submodule(name, cls())
+    return model
+
+
+def test_nir_export_refuses_a_lif_subclass_with_its_own_reset():
+    pytest.importorskip("nir")
+    from spikeguide.export.nir import to_nir
+
+    with pytest.raises(SpikeguideError, match="HalfSoftLIF redefines reset_membrane but not nir_node"):
+        to_nir(with_neurons(HalfSoftLIF).eval())
+
+    class UnknownNode(LIF):
+        def nir_node(self, dt):
+            return NIRNode("NoSuchNode", {})
+
+    with pytest.raises(SpikeguideError, match="UnknownNode.nir_node names 'NoSuchNode', which is "
+                       "not a node type of the nir package"):
+        to_nir(with_neurons(UnknownNode).eval())
+
+
+@pytest.mark.parametrize("method", ["ratebp", "hybrid"])
+def test_rate_methods_refuse_a_neuron_without_its_gains_when_built(method):
+    from spikeguide.methods import METHODS
+
+    teacher = create_model("resnet20", width=1 / 16, spiking=False)
+    with pytest.raises(SpikeguideError, match="cannot train the neuron HalfSoftLIF"):
+        METHODS.get(method)(with_neurons(HalfSoftLIF), teacher=teacher)
+    METHODS.get(method)(with_neurons(HalfSoftLIFWithGain), teacher=teacher)
+
+
+def test_a_lif_subclass_with_its_reset_gain_is_recorded_from_its_own_dynamics():
+    torch.manual_seed(4)
+    neuron = HalfSoftLIFWithGain(decay=0.7, surrogate="sigmoid")
+    current = torch.randn(5, 40, dtype=torch.double) + 0.8
+    shift = torch.zeros(40, dtype=torch.double, requires_grad=True)
+    neuron(current + shift).mean(0).sum().backward()
+    check_model(neuron)
+    spikes, counts, eligibility = record_dynamics(neuron, current)
+    assert torch.equal(spikes, neuron(current)) and torch.equal(counts.double(), spikes.sum(0))
+    torch.testing.assert_close(eligibility, shift.grad)
+
+
+@pytest.mark.parametrize("reset,detach", [("soft", True), ("soft", False), ("hard", True),
+                                          ("hard", False)])
+def test_the_generic_recorder_agrees_with_the_lif_fast_path(reset, detach):
+    """LIF's own gains, run through the generic recorder, give the fast path's records."""
+    torch.manual_seed(5)
+    neuron = LIF(0.6, 1.0, reset, detach, "atan").double()
+    current = torch.randn(6, 3, 20, dtype=torch.double) + 0.8
+    generic = record_dynamics(neuron, current)
+    fast = record_neuron(current, *neuron.kernel_spec())
+    assert torch.equal(generic[0], fast[0]) and torch.equal(generic[1], fast[1])
+    torch.testing.assert_close(generic[2], fast[2], rtol=1e-12, atol=1e-12)
+
+
+def test_ratebp_records_the_lif_family_by_the_fast_path(monkeypatch):
+    from spikeguide.ratepass import recorder
+
+    generic = CountedCalls(monkeypatch, recorder, "record_dynamics")
+    fast = CountedCalls(monkeypatch, recorder, "record_neuron")
+    model = create_model("resnet20", width=1 / 16, T=2, neuron="plif")
+    rate_forward(model, torch.rand(2, 3, 16, 16))
+    assert generic.count == 0 and fast.count == len(model.neurons())
+
+
+def test_dynamics_no_backend_declares_run_the_reference_loop():
+    from spikeguide.neurons.kernels import resolve_backend
+
+    class OtherSpec(tuple):
+        """A spec type no fused backend runs."""
+
+    x = torch.zeros(2, 3)
+    assert resolve_backend("auto", x, OtherSpec) == "torch"
+    assert resolve_backend("torch", x, OtherSpec) == "torch"
+    with pytest.raises(SpikeguideError, match="the 'fused' neuron backend does not run OtherSpec"):
+        resolve_backend("fused", x, OtherSpec)
+    assert resolve_backend("fused", x) == "fused"  # LIF's spec, the default
+
+
+def test_a_neuron_must_define_its_dynamics_and_subclass_the_contract():
+    from spikeguide.neurons import SpikingNeuron, register_neuron
+
+    class NoReset(SpikingNeuron):
+        def charge(self, u, current):
+            return u + current
+
+    with pytest.raises(SpikeguideError, match="the neuron NoReset must define reset_membrane"):
+        NoReset()
+    with pytest.raises(TypeError, match="needs a SpikingNeuron subclass"):
+        register_neuron("relu_neuron")(torch.nn.ReLU)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import sys
 import types
 import typing
@@ -21,7 +22,7 @@ from .data import DATASETS, LOADERS, Augment
 from .errors import SpikeguideError
 from .methods import METHODS
 from .models import MODELS
-from .neurons import NEURONS, RESETS, SURROGATES
+from .neurons import Surrogate, get_surrogate, neuron_factory, neuron_options
 from .training.distributed import AMP_DTYPES
 from .training.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_ON
 
@@ -42,12 +43,24 @@ class ModelConfig:
 
 @dataclass
 class NeuronConfig:
-    kind: str = "lif"  # lif | if | plif
-    decay: float | None = None  # None: the neuron's default (0.5 for lif/plif, 1 for if)
-    threshold: float = 1.0
-    reset: str = "hard"  # hard | soft
-    detach_reset: bool = False
-    backend: str = "auto"  # auto | torch | fused | compiled | triton (see docs/speed.md)
+    kind: str = "lif"  # a registered neuron: lif | if | plif, or your own (docs/extending.md)
+    # Constructor arguments of the LIF family. None: the neuron's default, filled in when the
+    # config is read, so that the resolved config says what ran; a neuron that does not take
+    # one leaves it unset.
+    decay: float | None = None  # lif/plif: 0.5; if: 1
+    threshold: float | None = None  # 1.0
+    reset: str | None = None  # the neuron's own choices; LIF family: "hard" (default) | "soft"
+    detach_reset: bool | None = None  # False
+    backend: str | None = None  # auto | torch | fused | compiled | triton (see docs/speed.md)
+    options: dict = field(default_factory=dict)  # any other argument of the neuron's constructor
+
+    def arguments(self) -> dict[str, Any]:
+        """The neuron constructor's keyword arguments: the fields that are set, and the options."""
+        named = {key: getattr(self, key) for key in NEURON_FIELDS if getattr(self, key) is not None}
+        return {**named, **self.options}
+
+
+NEURON_FIELDS = ("decay", "threshold", "reset", "detach_reset", "backend")
 
 
 @dataclass
@@ -310,7 +323,6 @@ def dump_toml(cfg: Config) -> str:
 # --------------------------------------------------------------------------------------------
 
 CHOICES = {
-    "neuron.reset": RESETS,
     "optim.name": tuple(OPTIMIZERS),
     "optim.schedule": SCHEDULES,
     "optim.weight_decay_on": WEIGHT_DECAY_ON,
@@ -327,7 +339,8 @@ def _get(cfg: Config, key: str) -> Any:
 
 
 def validate(cfg: Config) -> None:
-    """Value checks beyond types; each failure is one line naming the key."""
+    """Value checks beyond types; each failure is one line naming the key. Fills the unset
+    ``[neuron]`` fields with the neuron's defaults."""
     for key, choices in CHOICES.items():
         if _get(cfg, key) not in choices:
             raise SpikeguideError(f"{key} must be one of {choices}, got {_get(cfg, key)!r}")
@@ -346,7 +359,20 @@ def validate(cfg: Config) -> None:
         if _get(cfg, key) is not None and _get(cfg, key) < 1:
             raise SpikeguideError(f"{key} must be >= 1, got {_get(cfg, key)}")
     MODELS.get(cfg.model.name)
-    NEURONS.get(cfg.neuron.kind)
-    SURROGATES.get(cfg.surrogate.name)
+    resolve_neuron(cfg.neuron, get_surrogate(cfg.surrogate.name, cfg.surrogate.width))
     DATASETS.get(cfg.data.name)
     Augment(**dataclasses.asdict(cfg.data.augment))  # checks the augmentation's values
+
+
+def resolve_neuron(n: NeuronConfig, surrogate: Surrogate) -> None:
+    """Fill the unset fields of ``[neuron]`` with the neuron's defaults and let the neuron's own
+    constructor check the values; an option it does not take is a one-line error."""
+    clash = sorted(set(n.options) & {f.name for f in dataclasses.fields(NeuronConfig)})
+    if clash:
+        raise SpikeguideError(f"neuron.options.{clash[0]}: set it as neuron.{clash[0]}")
+    defaults = neuron_options(n.kind)
+    for key in NEURON_FIELDS:
+        default = defaults.get(key, inspect.Parameter.empty)
+        if getattr(n, key) is None and default is not inspect.Parameter.empty:
+            setattr(n, key, default)
+    neuron_factory(n.kind, n.arguments(), surrogate)()

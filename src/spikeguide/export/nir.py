@@ -4,11 +4,13 @@ Batch norm is folded into the convolution before it (its running statistics, as 
 so the graph holds only ``Conv2d`` (with bias), ``Affine``, ``AvgPool2d``, ``Flatten`` and neuron
 nodes. A residual addition is two edges into the same neuron node (NIR sums a node's inputs).
 
-Neurons map to NIR's continuous-time models under forward-Euler steps of ``dt``: spikeguide's
-``u_t = decay * u_{t-1} + I_t`` is NIR's ``tau du/dt = -u + r I`` with ``tau = dt / (1 - decay)``
-and ``r = tau / dt`` (so ``dt / tau * r = 1``), ``v_leak = 0``; IF (decay 1) is NIR's ``IF`` with
-``r = 1``. Only the hard reset (to 0) exists in NIR. The graph's output is the classifier's output
-at every time step; the model's logits are its mean over time.
+Each neuron supplies its own node (``nir_node(dt)``, see :class:`spikeguide.neurons.SpikingNeuron`);
+a neuron without one is refused. The LIF family maps to NIR's continuous-time models under
+forward-Euler steps of ``dt``: spikeguide's ``u_t = decay * u_{t-1} + I_t`` is NIR's
+``tau du/dt = -u + r I`` with ``tau = dt / (1 - decay)`` and ``r = tau / dt`` (so
+``dt / tau * r = 1``), ``v_leak = 0``; IF (decay 1) is NIR's ``IF`` with ``r = 1``. Only the hard
+reset (to 0) exists in NIR. The graph's output is the classifier's output at every time step; the
+model's logits are its mean over time.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ..errors import SpikeguideError
 from ..models import SpikingNet
 from ..models.base import in_mode
 from ..models.layers import TimeSequential
-from ..neurons import LIF, is_spiking
+from ..neurons import SpikingNeuron, is_spiking, missing_piece
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,20 +62,23 @@ class _Builder:
         self.edges += [(s, name) for s in sources]
         return [name]
 
-    def neuron(self, name: str, m: LIF, sources):
-        if m.reset != "hard":
-            raise SpikeguideError(f"{name}: NIR neurons reset to a potential; export needs "
-                                  "reset='hard' (this one is soft)")
+    def neuron(self, name: str, m: SpikingNeuron, sources):
+        why = missing_piece(type(m), "nir_node")
+        if why:
+            raise SpikeguideError(f"{name}: the neuron {type(m).__name__} has no NIR node ({why}); "
+                                  "NIR export needs one (docs/extending.md, 'A neuron')")
+        try:
+            kind, params = m.nir_node(self.dt)
+        except SpikeguideError as e:
+            raise SpikeguideError(f"{name}: {e}") from None
+        node_type = getattr(self.nir, kind, None)
+        if not isinstance(node_type, type):
+            raise SpikeguideError(f"{name}: {type(m).__name__}.nir_node names {kind!r}, which is "
+                                  "not a node type of the nir package")
         shape = self.shapes[name]
-        full = lambda v: np.full(shape, v, dtype=np.float32)  # noqa: E731
-        decay = float(torch.as_tensor(m.membrane_decay()).detach())
-        if decay == 1.0:
-            node = self.nir.IF(r=full(1.0), v_threshold=full(m.threshold), v_reset=full(0.0))
-        else:
-            tau = self.dt / (1 - decay)
-            node = self.nir.LIF(tau=full(tau), r=full(tau / self.dt), v_leak=full(0.0),
-                                v_threshold=full(m.threshold), v_reset=full(0.0))
-        return self.add(name, node, sources)
+        arrays = {k: np.broadcast_to(np.asarray(v, dtype=np.float32), shape).copy()
+                  for k, v in params.items()}
+        return self.add(name, node_type(**arrays), sources)
 
     def conv(self, name: str, conv: nn.Conv2d, bn, sources):
         if conv.padding_mode != "zeros":
@@ -125,7 +130,7 @@ class _Builder:
             return self.add(name, node, sources)
         raise SpikeguideError(
             f"{name or 'model'}: {type(m).__name__} has no NIR counterpart (exportable: Conv2d with "
-            "BatchNorm2d, Linear, AvgPool2d, AdaptiveAvgPool2d, Flatten, LIF/IF/PLIF neurons; "
+            "BatchNorm2d, Linear, AvgPool2d, AdaptiveAvgPool2d, Flatten, neurons with a NIR node; "
             "RepAct's ReLU is not)"
         )
 

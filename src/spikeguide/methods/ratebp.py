@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..ratepass import check_model
 from .base import Method, StepResult, register_method
 from .losses import guidance_loss
 from .options import DistillOptions, LAFOptions, RateOptions
@@ -35,6 +36,10 @@ class RateBP(Method):
     @classmethod
     def teacher_needed(cls, options: RateBPOptions) -> bool:
         return options.alpha > 0 or options.laf
+
+    def __init__(self, student, options=None, **kw):
+        super().__init__(student, options, **kw)
+        check_model(student)  # an unsupported layer or neuron fails now, not at the first step
 
     def training_step(self, x, y) -> StepResult:
         out, target = rate_outputs(self, x)

@@ -13,7 +13,7 @@ A model is ``encoder -> stem -> stages -> pool -> classifier``:
   ``TimeSequential`` pool may hold neurons (resnet19's hidden layer before the classifier).
 * ``classifier``: a linear layer on the output feature.
 
-Every activation inside is ``[T, B, ...]`` (see :mod:`spikeguide.layers`); an ANN twin uses
+Every activation inside is ``[T, B, ...]`` (see :mod:`spikeguide.models.layers`); an ANN twin uses
 ReLU and T = 1. ``forward`` returns logits averaged over time, ``[B, num_classes]``.
 """
 

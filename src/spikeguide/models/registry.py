@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import SpikeguideError
-from ..neurons import NEURONS, Surrogate, get_surrogate, is_spiking
+from ..neurons import Surrogate, get_surrogate, is_spiking, neuron_factory
 from ..registry import Registry
 from .base import SpikingNet
 
@@ -37,10 +37,11 @@ def create_model(
     Args:
         name: a registered model (``MODELS.names()``).
         num_classes, in_channels: classifier outputs and input channels.
-        spiking: LIF-family neurons (SNN) or ReLU (ANN); both have the same parameter names.
+        spiking: spiking neurons (SNN) or ReLU (ANN); both have the same parameter names.
         T: time steps for static input (frame input brings its own T); ignored by the ANN.
-        neuron: a registered neuron (``lif``, ``if``, ``plif``); ``neuron_options`` are its
-            constructor arguments (decay, threshold, reset, detach_reset).
+        neuron: a registered neuron (``NEURONS.names()``: ``lif``, ``if``, ``plif``, ...);
+            ``neuron_options`` are its constructor arguments (for the LIF family: decay,
+            threshold, reset, detach_reset, backend).
         surrogate, surrogate_width: the surrogate gradient and its width.
         repact: replace the SNN's last spiking activation (the one producing the output feature)
             by ReLU (EnOF's RepAct). No effect on an ANN.
@@ -57,15 +58,7 @@ def create_model(
     if unknown:
         raise SpikeguideError(f"model {name!r} has no option(s) {sorted(unknown)}")
     if spiking:
-        neuron_cls = NEURONS.get(neuron)
-        sur = get_surrogate(surrogate, surrogate_width)
-        kwargs = dict(neuron_options or {})
-        bad = set(kwargs) - set(inspect.signature(neuron_cls).parameters)
-        if bad:
-            raise SpikeguideError(f"neuron {neuron!r} has no option(s) {sorted(bad)}")
-
-        def make_act() -> nn.Module:
-            return neuron_cls(surrogate=sur, **kwargs)
+        make_act = neuron_factory(neuron, neuron_options, get_surrogate(surrogate, surrogate_width))
     else:
         make_act = nn.ReLU
     model = builder(num_classes=num_classes, in_channels=in_channels, make_act=make_act,

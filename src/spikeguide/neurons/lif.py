@@ -17,17 +17,40 @@ The backward pass of H is replaced by a surrogate derivative (:mod:`.surrogates`
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 from torch import nn
 
 from ..errors import SpikeguideError
-from ..registry import Registry
-from .kernels import check_backend, fused_forward, resolve_backend
-from .surrogates import Surrogate, get_surrogate, spike
+from .base import NIRNode, SpikingNeuron, reference_loop
+from .kernels import LIFSpec
+from .registry import register_neuron
+from .surrogates import Surrogate, spike
 
 RESETS = ("soft", "hard")
+
+
+def lif_reset(u: torch.Tensor, s: torch.Tensor, threshold: float, reset: str,
+              detach_reset: bool) -> torch.Tensor:
+    r = s.detach() if detach_reset else s
+    return u - threshold * r if reset == "soft" else u * (1 - r)
+
+
+def scale_by_reset_gain(kappa: torch.Tensor, u: torch.Tensor, s: torch.Tensor, g: torch.Tensor,
+                        threshold: float, reset: str, detach_reset: bool) -> torch.Tensor:
+    """``kappa *= a_t`` in place and returned: the LIF reset gain ``a_t = du_t^+/du_t`` at the
+    membrane ``u`` before the reset, spikes ``s`` and surrogate derivative ``g`` (docs/ratebp.md)::
+
+        soft, detached: 1     soft: 1 - threshold * g     hard, detached: 1 - s     hard: 1 - s - u * g
+    """
+    if reset == "soft":
+        if not detach_reset:
+            kappa.addcmul_(kappa, g, value=-threshold)
+    elif detach_reset:
+        kappa.addcmul_(kappa, s, value=-1)
+    else:
+        kappa.mul_(torch.addcmul(1 - s, u, g, value=-1))
+    return kappa
 
 
 def lif_multistep(
@@ -39,22 +62,13 @@ def lif_multistep(
     surrogate: Surrogate,
 ) -> torch.Tensor:
     """Reference (eager) LIF over the leading time axis of ``current`` ``[T, ...]``."""
-    u = torch.zeros_like(current[0])
-    spikes = []
-    for t in range(current.shape[0]):
-        u = decay * u + current[t]
-        s = spike(u - threshold, surrogate)
-        r = s.detach() if detach_reset else s
-        u = u - threshold * r if reset == "soft" else u * (1 - r)
-        spikes.append(s)
-    return torch.stack(spikes)
+    return reference_loop(current, lambda u, i: decay * u + i,
+                          lambda u: spike(u - threshold, surrogate),
+                          lambda u, s: lif_reset(u, s, threshold, reset, detach_reset))
 
 
-NEURONS: Registry[Callable[..., nn.Module]] = Registry("neuron")
-
-
-@NEURONS.register("lif")
-class LIF(nn.Module):
+@register_neuron("lif")
+class LIF(SpikingNeuron):
     """Multi-step leaky integrate-and-fire neuron over ``[T, B, ...]`` input currents.
 
     Args:
@@ -67,11 +81,9 @@ class LIF(nn.Module):
             (default ``"atan"`` with width 0.5).
         width: the surrogate's width; None keeps the surrogate's default.
         backend: ``"auto"`` (default: the fastest tested one for the input's device), ``"torch"``
-            (the eager reference :func:`lif_multistep`), ``"fused"`` or ``"compiled"``; see
-            :mod:`spikeguide.kernels`. All give the same spikes.
+            (the reference loop) or ``"fused"``, ``"compiled"``, ``"triton"``; see
+            :mod:`spikeguide.neurons.kernels`. All give the same spikes.
     """
-
-    multistep = True  # layers.TimeSequential passes [T, B, ...] to modules with this flag
 
     def __init__(
         self,
@@ -83,18 +95,13 @@ class LIF(nn.Module):
         width: float | None = None,
         backend: str = "auto",
     ):
-        super().__init__()
         if reset not in RESETS:
-            raise SpikeguideError(f"neuron reset must be one of {RESETS}, got {reset!r}")
+            raise SpikeguideError(f"neuron.reset must be one of {RESETS}, got {reset!r}")
         if not 0 < decay <= 1:
-            raise SpikeguideError(f"neuron decay must be in (0, 1], got {decay}")
-        if not threshold > 0:
-            raise SpikeguideError(f"neuron threshold must be positive, got {threshold}")
-        self.threshold = float(threshold)
+            raise SpikeguideError(f"neuron.decay must be in (0, 1], got {decay}")
+        super().__init__(threshold, surrogate, width, backend)
         self.reset = reset
         self.detach_reset = bool(detach_reset)
-        self.surrogate = get_surrogate(surrogate, width)
-        self.backend = check_backend(backend)
         self._init_decay(decay)
 
     def _init_decay(self, decay: float) -> None:
@@ -103,11 +110,36 @@ class LIF(nn.Module):
     def membrane_decay(self) -> float | torch.Tensor:
         return float(self.decay)
 
-    def forward(self, current: torch.Tensor) -> torch.Tensor:
-        backend = resolve_backend(self.backend, current)
-        args = (current, self.membrane_decay(), self.threshold, self.reset, self.detach_reset,
-                self.surrogate)
-        return lif_multistep(*args) if backend == "torch" else fused_forward(*args, backend)
+    def charge(self, u, current):
+        return self.membrane_decay() * u + current
+
+    def reset_membrane(self, u, s):
+        return lif_reset(u, s, self.threshold, self.reset, self.detach_reset)
+
+    def charge_gains(self, u, current):
+        return self.membrane_decay(), 1.0
+
+    def reset_gain(self, u, s, g):
+        return scale_by_reset_gain(torch.ones_like(u), u, s, g, self.threshold, self.reset,
+                                   self.detach_reset)
+
+    def kernel_spec(self) -> LIFSpec:
+        return LIFSpec(self.membrane_decay(), self.threshold, self.reset, self.detach_reset,
+                       self.surrogate)
+
+    def nir_node(self, dt: float) -> NIRNode:
+        """Under forward-Euler steps of ``dt``, ``u_t = decay * u_{t-1} + I_t`` is NIR's
+        ``tau du/dt = -u + r I`` with ``tau = dt / (1 - decay)``, ``r = tau / dt``, ``v_leak = 0``;
+        decay 1 is NIR's ``IF`` with ``r = 1``. NIR neurons reset to a potential (hard reset)."""
+        if self.reset != "hard":
+            raise SpikeguideError(f"NIR neurons reset to a potential; export needs reset='hard' "
+                                  f"(this one is {self.reset})")
+        decay = float(torch.as_tensor(self.membrane_decay()).detach())
+        if decay == 1.0:
+            return NIRNode("IF", {"r": 1.0, "v_threshold": self.threshold, "v_reset": 0.0})
+        tau = dt / (1 - decay)
+        return NIRNode("LIF", {"tau": tau, "r": tau / dt, "v_leak": 0.0,
+                               "v_threshold": self.threshold, "v_reset": 0.0})
 
     def extra_repr(self) -> str:
         return (
@@ -117,7 +149,7 @@ class LIF(nn.Module):
         )
 
 
-@NEURONS.register("if")
+@register_neuron("if")
 class IF(LIF):
     """Integrate-and-fire: an LIF neuron without leak (decay = 1)."""
 
@@ -129,7 +161,7 @@ class IF(LIF):
         super().__init__(1.0, threshold, reset, detach_reset, surrogate, width, backend)
 
 
-@NEURONS.register("plif")
+@register_neuron("plif")
 class PLIF(LIF):
     """Parametric LIF (Fang et al. 2021): one learnable decay per layer, ``decay = sigmoid(w)``.
 
@@ -145,8 +177,3 @@ class PLIF(LIF):
 
     def membrane_decay(self) -> torch.Tensor:
         return torch.sigmoid(self.decay_logit)
-
-
-def is_spiking(module: nn.Module) -> bool:
-    """True for the multi-step spiking neurons of this module (any LIF subclass)."""
-    return isinstance(module, LIF)

@@ -3,8 +3,8 @@
 See ``docs/ratebp.md`` for the method and the derivation of the eligibility traces.
 """
 
-from .eligibility import record_neuron
+from .eligibility import record_dynamics, record_neuron
 from .passes import rate_forward
-from .recorder import RateRecorder
+from .recorder import RateRecorder, check_model
 
-__all__ = ["RateRecorder", "rate_forward", "record_neuron"]
+__all__ = ["RateRecorder", "check_model", "rate_forward", "record_dynamics", "record_neuron"]

@@ -1,6 +1,6 @@
 """The recorded spiking pass of one neuron layer: spikes, firing rate and eligibility.
 
-For an input current ``I`` ``[T, ...]`` the dynamics are those of :mod:`spikeguide.neuron`
+For an input current ``I`` ``[T, ...]`` the dynamics are those of :mod:`spikeguide.neurons.lif`
 (charge, fire with H(0) = 1, reset). Beside the spikes this pass returns, per neuron,
 
 * the firing rate ``r = mean_t s_t`` (as the spike count), and
@@ -20,30 +20,20 @@ the post-reset membrane (``g_t = sg'(u_t - threshold)``):
 The derivations are in ``docs/ratebp.md``. Only running sums are kept, so the memory beyond the
 spikes does not grow with T.
 
-:func:`record_neuron` runs a fused kernel where one exists
+:func:`record_neuron` is the LIF fast path: a fused kernel where one exists
 (:mod:`spikeguide.neurons.kernels.record`: C++ on CPU, Triton on CUDA, for the built-in
-surrogates); :func:`record_eager` is the eager reference and the fallback for everything else.
+surrogates), :func:`record_eager` the eager reference and the fallback for everything else.
+:func:`record_dynamics` records any other neuron from its own contract (charge, fire and reset
+with their gains, :mod:`spikeguide.neurons.base`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..neurons import Surrogate
+from ..neurons import SpikingNeuron, Surrogate
 from ..neurons.kernels.record import count_dtype, fused_record, record_backend
-
-
-def scale_by_reset_gain(kappa: torch.Tensor, u: torch.Tensor, s: torch.Tensor, g: torch.Tensor,
-                        threshold: float, reset: str, detach_reset: bool) -> None:
-    """``kappa *= a_t`` in place (``u`` before the reset, ``s`` the spikes)."""
-    if reset == "soft":
-        if not detach_reset:
-            kappa.addcmul_(kappa, g, value=-threshold)
-    elif detach_reset:
-        kappa.addcmul_(kappa, s, value=-1)
-    else:
-        kappa.mul_(torch.addcmul(1 - s, u, g, value=-1))
-
+from ..neurons.lif import scale_by_reset_gain
 
 CHUNK = 1 << 16  # neurons per chunk: the loop's temporaries stay small and in cache
 
@@ -94,7 +84,7 @@ def record_chunk(current: torch.Tensor, spikes: torch.Tensor, eligibility: torch
 
     In-place updates keep the loop at about fifteen passes over ``n`` values a step; the membrane
     update and the spike test are the same float operations as
-    :func:`spikeguide.neuron.lif_multistep`, so the spikes are bit-identical to the neuron's.
+    :func:`spikeguide.neurons.lif.lif_multistep`, so the spikes are bit-identical to the neuron's.
     """
     T = current.shape[0]
     u = torch.zeros_like(eligibility)
@@ -116,3 +106,32 @@ def record_chunk(current: torch.Tensor, spikes: torch.Tensor, eligibility: torch
         else:
             u.addcmul_(u, s, value=-1)  # u * (1 - s): u - u or u - 0, exact
     eligibility.div_(T)
+
+
+@torch.no_grad()
+def record_dynamics(neuron: SpikingNeuron, current: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What :func:`record_neuron` returns, for any neuron that defines the gains rate-based
+    backpropagation needs (``charge_gains``, ``fire_gain``, ``reset_gain``), from its own
+    dynamics::
+
+        kappa_t = (du_t/du_{t-1}^+) * a_{t-1} * kappa_{t-1} + du_t/dI_t,   e = mean_t g_t * kappa_t
+
+    The whole layer at once: a few layer-sized temporaries besides the spikes.
+    """
+    T = current.shape[0]
+    spikes = torch.empty(current.shape, dtype=current.dtype, device=current.device)
+    u = torch.zeros_like(spikes[0])
+    kappa = torch.zeros_like(u)  # a_{t-1} * kappa_{t-1}: the trace of the post-reset membrane
+    eligibility = torch.zeros_like(u)
+    for t in range(T):
+        membrane_gain, input_gain = neuron.charge_gains(u, current[t])
+        kappa = membrane_gain * kappa + input_gain
+        u = neuron.charge(u, current[t])
+        s = spikes[t] = neuron.fire(u)
+        g = neuron.fire_gain(u)
+        eligibility += g * kappa
+        kappa = kappa * neuron.reset_gain(u, s, g)
+        u = neuron.reset_membrane(u, s)
+    counts = spikes.sum(0).to(count_dtype(T))
+    return spikes, counts, eligibility / T

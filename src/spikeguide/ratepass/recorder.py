@@ -3,7 +3,8 @@
 :class:`RateRecorder` switches, for the duration of a pass, the ``forward`` of these modules:
 
 * spiking neurons and ReLU (RepAct): the spiking pass records the time-averaged output and
-  eligibility; the rate pass returns the recorded rate with the eligibility as derivative;
+  eligibility (a neuron with LIF dynamics by the LIF fast path, any other from its own dynamics
+  and gains); the rate pass returns the recorded rate with the eligibility as derivative;
 * max pooling: the rate pass returns the recorded time-averaged output, with the gradient of the
   pooling at the time-averaged input (straight-through);
 * batch norm that uses batch statistics: the spiking pass records them, normalizes with them and
@@ -36,9 +37,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import SpikeguideError
-from ..neurons import is_spiking
+from ..neurons import RATE_PIECES, LIFSpec, SpikingNeuron, is_spiking, missing_piece
 from .autograd import rate_unit, recorded_batch_norm
-from .eligibility import record_neuron
+from .eligibility import record_dynamics, record_neuron
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LINEAR = (nn.Linear, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -62,12 +63,33 @@ def uses_batch_stats(bn: nn.Module) -> bool:
 # Each rule: record(module, forward, x, T) -> (output, record) and replay(module, forward, x, record)
 # -> output, where forward is the module's own forward.
 
-def _record_neuron(m, forward, x, T):
+def _record_lif(m, forward, x, T):
     with torch.no_grad():
-        decay = m.membrane_decay()
-    spikes, counts, eligibility = record_neuron(x, decay, m.threshold, m.reset, m.detach_reset,
-                                                m.surrogate)
+        spec = m.kernel_spec()
+    return _neuron_records(record_neuron(x, *spec), T)
+
+
+def _record_dynamics(m, forward, x, T):
+    return _neuron_records(record_dynamics(m, x), T)
+
+
+def _neuron_records(records, T):
+    spikes, counts, eligibility = records
     return spikes, (counts.unsqueeze(0), T, eligibility.unsqueeze(0))
+
+
+def neuron_rule(m: SpikingNeuron) -> tuple[Callable, Callable]:
+    """The LIF fast path for a neuron whose kernel spec is LIF's, else its own contract; a neuron
+    that lacks a gain the eligibility needs is refused."""
+    if not missing_piece(type(m), "kernel_spec") and isinstance(m.kernel_spec(), LIFSpec):
+        return _record_lif, _replay_neuron
+    for piece in RATE_PIECES:
+        why = missing_piece(type(m), piece)
+        if why:
+            raise SpikeguideError(
+                f"rate-based backpropagation cannot train the neuron {type(m).__name__}: {why}, "
+                f"which its eligibility needs (see docs/extending.md, 'A neuron')")
+    return _record_dynamics, _replay_neuron
 
 
 def _replay_neuron(m, forward, x, record):
@@ -181,7 +203,7 @@ def rule_for(m: nn.Module, conv_steps: int = 0) -> tuple[Callable, Callable] | N
     if isinstance(m, CONVS):  # nothing to replay: linear over time
         return functools.partial(_time_chunked, steps=conv_steps), None
     if is_spiking(m):
-        return _record_neuron, _replay_neuron
+        return neuron_rule(m)
     if isinstance(m, nn.ReLU):
         return _record_relu, _replay_rate_unit
     if isinstance(m, MAX_POOLS):
@@ -215,6 +237,13 @@ def _overridden(forwards: dict[nn.Module, Callable]) -> Iterator[None]:
                 del m.forward
             else:
                 m.forward = previous
+
+
+def check_model(model: nn.Module) -> None:
+    """Refuse, with a one-line error, a model with a layer or neuron the two passes cannot route
+    (run when a method starts, so that it does not fail at its first step)."""
+    for m in model.modules():
+        rule_for(m)
 
 
 class RateRecorder:

@@ -65,12 +65,8 @@ def check_frames(cfg: Config, dataset: Dataset) -> None:
 
 def build_model(cfg: Config, num_classes: int, in_channels: int, spiking: bool) -> SpikingNet:
     m, n, s = cfg.model, cfg.neuron, cfg.surrogate
-    neuron_options = {"threshold": n.threshold, "reset": n.reset, "detach_reset": n.detach_reset,
-                      "backend": n.backend}
-    if n.decay is not None:
-        neuron_options["decay"] = n.decay
     return create_model(m.name, num_classes=num_classes, in_channels=in_channels,
-                        spiking=spiking, T=m.T, neuron=n.kind, neuron_options=neuron_options,
+                        spiking=spiking, T=m.T, neuron=n.kind, neuron_options=n.arguments(),
                         surrogate=s.name, surrogate_width=s.width, repact=m.repact, width=m.width,
                         **m.options)
 

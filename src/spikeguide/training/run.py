@@ -19,6 +19,7 @@ from ..data import Dataset
 from ..errors import SpikeguideError, TrainingStopped
 from ..methods import METHODS, Method
 from ..models import checked_weights, load_twin_weights
+from ..neurons.kernels import empty_cache
 from .build import build_datasets, build_model
 from .checkpoint import load_checkpoint
 from .distributed import (
@@ -99,6 +100,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         trainer.load_state_dict(state)
         log.info("resumed %s at epoch %d step %d", cfg.run_dir, trainer.epoch, trainer.step)
     summary = trainer.fit(max_steps=max_steps)
+    empty_cache()  # the neuron kernels' pooled buffers are sized for this run's model
     # rank 0 writes the last checkpoint; no process may read the run (a teacher trained first, say)
     # before it is there
     barrier(dist)

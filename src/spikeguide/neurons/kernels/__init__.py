@@ -1,7 +1,13 @@
-"""Backends of the multi-step LIF neuron.
+"""Fused backends of the multi-step neuron.
 
-* ``"torch"``: the eager reference :func:`spikeguide.neurons.lif.lif_multistep` (autograd through
-  every elementwise op of every step); the neuron runs it itself.
+A neuron hands the kernels its dynamics as a spec (``kernel_spec()``, see :mod:`.spec`); each
+backend declares the spec types, devices and dtypes it runs (:data:`.spec.SUPPORT`). Today every
+backend runs :class:`~.spec.LIFSpec` (LIF, IF and PLIF with either reset, detached or not, and
+any surrogate: the built-in ones are evaluated in the compiled kernels, another one through its
+``derivative`` in torch). A neuron without a spec a backend runs uses its reference loop.
+
+* ``"torch"``: the neuron's reference loop (:func:`spikeguide.neurons.reference_loop`: autograd
+  through every elementwise op of every step); the neuron runs it itself.
 * ``"fused"``: one autograd node per layer, the T loop in eager tensor ops with a hand-derived
   backward (:mod:`.fused`); any device and dtype, no compiler needed.
 * ``"compiled"``: the same node with both loops in a C++ extension built on first use (:mod:`.cpu`);
@@ -12,8 +18,9 @@
   tested in Triton's CPU interpreter (``TRITON_INTERPRET=1``, which also lets it run on CPU
   tensors) and its compilation to PTX; it has not yet run on a GPU, so ``"auto"`` does not pick
   it.
-* ``"auto"``: the fastest tested backend for the tensor's device: ``"compiled"`` on CPU when the
-  extension builds, otherwise ``"fused"``.
+* ``"auto"``: the fastest tested backend that runs the neuron's dynamics on the tensor:
+  ``"compiled"`` on CPU when the extension builds, otherwise ``"fused"``; ``"torch"`` for
+  dynamics no kernel runs.
 
 Every backend gives bit-identical spikes; gradients agree to float rounding (tests/test_backends.py).
 """
@@ -31,8 +38,10 @@ from ..surrogates import Surrogate
 from . import cpu
 from .fused import TorchLoops, fused_lif
 from .pool import BufferPool
+from .spec import SUPPORT, KernelSupport, LIFSpec
 
 BACKENDS = ("auto", "torch", "fused", "compiled", "triton")
+AUTO_ORDER = ("compiled", "fused")  # "triton" has not run on a GPU yet: never picked by "auto"
 _TORCH_LOOPS = TorchLoops()
 _POOL = BufferPool()
 _CPP_LOOPS = cpu.CppLoops(_POOL)
@@ -54,19 +63,42 @@ def _triton_loops():
     return TritonLoops()
 
 
-def resolve_backend(name: str, current: torch.Tensor) -> str:
-    """The backend that runs ``current``: ``"auto"`` resolved, unsupported dtypes downgraded."""
-    cpp_ok = current.device.type == "cpu" and current.dtype in cpu.DTYPES
+def _devices(name: str) -> tuple[str, ...] | None:
+    devices = SUPPORT[name].devices
+    if name == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+        devices = (*devices, "cpu")  # Triton's interpreter runs the kernels on CPU tensors
+    return devices
+
+
+def _runs_here(name: str, current: torch.Tensor, dynamics: type) -> bool:
+    support, devices = SUPPORT[name], _devices(name)
+    return (support.runs(dynamics)
+            and (devices is None or current.device.type in devices)
+            and (support.dtypes is None or current.dtype in support.dtypes)
+            and (name != "compiled" or cpu.available()))
+
+
+def resolve_backend(name: str, current: torch.Tensor, dynamics: type = LIFSpec) -> str:
+    """The backend that runs ``current`` for dynamics of the spec type ``dynamics``.
+
+    ``"auto"`` is the first of :data:`AUTO_ORDER` that runs them on this tensor, else ``"torch"``
+    (the neuron's reference loop); a named backend must run them on this device, and a dtype it
+    lacks runs ``"fused"`` (or ``"torch"`` for dynamics ``"fused"`` does not run).
+    """
+    if name == "torch":
+        return name
     if name == "auto":
-        return "compiled" if cpp_ok and cpu.available() else "fused"
-    if name == "compiled":
-        if current.device.type != "cpu":
-            raise SpikeguideError("the 'compiled' neuron backend runs on CPU; use 'auto' or 'fused'")
-        return "compiled" if cpp_ok else "fused"
-    if name == "triton":
-        if current.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise SpikeguideError("the 'triton' neuron backend runs on CUDA GPUs; use 'auto' on CPU")
-        return "triton" if current.dtype == torch.float32 else "fused"
+        return next((b for b in AUTO_ORDER if _runs_here(b, current, dynamics)), "torch")
+    if not SUPPORT[name].runs(dynamics):
+        raise SpikeguideError(f"the {name!r} neuron backend does not run {dynamics.__name__} "
+                              "dynamics; use 'auto' or 'torch'")
+    devices = _devices(name)
+    if devices is not None and current.device.type not in devices:
+        raise SpikeguideError(f"the {name!r} neuron backend runs on "
+                              f"{' or '.join(d.upper() for d in devices)} tensors; use 'auto'")
+    dtypes = SUPPORT[name].dtypes
+    if dtypes is not None and current.dtype not in dtypes:
+        return "fused" if SUPPORT["fused"].runs(dynamics) else "torch"
     return name
 
 
@@ -83,4 +115,5 @@ def empty_cache() -> None:
     _POOL.clear()
 
 
-__all__ = ["BACKENDS", "check_backend", "empty_cache", "fused_forward", "resolve_backend"]
+__all__ = ["BACKENDS", "SUPPORT", "KernelSupport", "LIFSpec", "check_backend", "empty_cache",
+           "fused_forward", "resolve_backend"]
