@@ -61,20 +61,21 @@ def run(ctx: Context, box: TimeBox, result: SectionResult) -> None:
                           "memory vs bptt", "time vs bptt"])
     rows: dict[tuple[str, int], dict] = {}
     last: dict[str, tuple[int, float]] = {}  # method -> (T, s/step) of its last measurement
-    for T in ctx.sizes.memory_T:
-        for method in METHODS:
-            guess = last[method][1] * T / last[method][0] * 2 if method in last else 0.0
-            if not box.fits(guess, f"{method} at T={T}"):
-                continue
-            row = measure(ctx, method, T, box.left())
-            rows[method, T] = row
-            last[method] = (T, row["step_s"])
-            bptt = rows.get(("bptt", T))
-            mem_ratio = (f"{row['peak_mib'] / bptt['peak_mib']:.0%}"
-                         if bptt and row["peak_mib"] is not None else None)
-            time_ratio = f"{row['step_s'] / bptt['step_s']:.0%}" if bptt else None
-            table.add(method, T, row["peak_mib"], f"{row['step_s']:.4f}", row["steps"],
-                      mem_ratio, time_ratio)
-            if ctx.device.type == "cuda":
-                torch.cuda.empty_cache()
+    units = [(T, method) for T in ctx.sizes.memory_T for method in METHODS]
+    for i, (T, method) in enumerate(units):
+        # a warm-up and a timed step, scaled from this method's last T
+        guess = last[method][1] * T / last[method][0] * 2 if method in last else 0.0
+        if not box.fits(guess, f"{method} at T={T}"):
+            continue
+        row = measure(ctx, method, T, box.left() / (len(units) - i))
+        rows[method, T] = row
+        last[method] = (T, row["step_s"])
+        bptt = rows.get(("bptt", T))
+        mem_ratio = (f"{row['peak_mib'] / bptt['peak_mib']:.0%}"
+                     if bptt and row["peak_mib"] is not None else None)
+        time_ratio = f"{row['step_s'] / bptt['step_s']:.0%}" if bptt else None
+        table.add(method, T, row["peak_mib"], f"{row['step_s']:.4f}", row["steps"],
+                  mem_ratio, time_ratio)
+        if ctx.device.type == "cuda":
+            torch.cuda.empty_cache()
     result.data["rows"] = [{"method": m, "T": T, **r} for (m, T), r in rows.items()]
