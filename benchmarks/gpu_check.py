@@ -51,6 +51,7 @@ from gpucheck.recommend import recommend_auto
 from gpucheck.results import SectionResult
 from gpucheck.timebox import Clock, TimeBox
 
+from spikeguide.errors import SpikeguideError
 from spikeguide.neurons.kernels import resolve_backend
 
 # key: (title, share of the budget or None for what is left, runner), in the order they run;
@@ -111,10 +112,10 @@ def choose_device(args: argparse.Namespace) -> torch.device:
         os.environ.setdefault("TRITON_INTERPRET", "1")
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        sys.exit("gpu_check: error: no CUDA device here: run it on a GPU machine, or with --smoke")
+        raise SpikeguideError("no CUDA device here: run it on a GPU machine, or with --smoke")
     if args.data is None:
-        sys.exit("gpu_check: error: pass --data with the packed CIFAR-10 JPEG copy "
-                 "(cifar10-jpeg-q75.tar.gz) or its unpacked folder")
+        raise SpikeguideError("pass --data with the packed CIFAR-10 JPEG copy "
+                              "(cifar10-jpeg-q75.tar.gz) or its unpacked folder")
     return torch.device("cuda")
 
 
@@ -142,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.sj_child:
         print(json.dumps(speed.child_main(json.loads(args.sj_child))))
         return 0
-    device = choose_device(args)
+    try:
+        device = choose_device(args)
+    except SpikeguideError as err:
+        print(f"gpu_check: error: {err}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS:
         (args.out / name).unlink(missing_ok=True)
@@ -152,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check_"))
     try:
         return check(args, device, work, "python benchmarks/gpu_check.py " + shlex.join(argv))
+    except SpikeguideError as err:  # a mistake in the command line, found before any section
+        print(f"gpu_check: error: {err}", file=sys.stderr)
+        return 2
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -176,3 +176,15 @@ def test_no_recommendation_without_a_figure_of_todays_backend(gpucheck):
     recommend = gpucheck("recommend")
     advice = recommend.recommend_auto([group("fp32", {("torch", "contiguous"): 1.0})], [], "fused")
     assert advice["recommended"] is None and "no recommendation" in advice["lines"][-1]
+
+
+def test_a_missing_data_file_is_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--smoke", "--data",
+                           str(tmp_path / "absent.tar.gz"), "--out", str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"gpu_check: error: --data {str(tmp_path / 'absent.tar.gz')!r} does not exist: pass the "
+        "packed CIFAR-10 JPEG copy (benchmarks/prepare_gpu_carry.sh puts it in gpu_carry/) or its "
+        "unpacked folder"]

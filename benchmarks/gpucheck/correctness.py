@@ -3,17 +3,18 @@
 Pass criteria, float32: identical spikes; the input gradient within ``GRAD_ATOL`` of the
 reference's at every element; PLIF's decay gradient within ``DECAY_RTOL`` relative of the
 reference run in float64. That gradient sums float32 terms over all neurons and steps which
-largely cancel, so no implementation meets 1e-5 there: measured on CPU against float64 (8,192 and
-32,768 neurons a step, T = 4, every reset x detach x surrogate), the float32 reference was up to
-5.4e-5 off and ``fused`` up to 3.7e-5.
+largely cancel, so no implementation meets 1e-5 there: measured against float64 on the 2-core
+development machine (AMD EPYC, torch 2.13 CPU build; 8,192 and 32,768 neurons a step, T = 4,
+every reset x detach x surrogate, the currents of ``currents`` with seeds 0 to 19), the float32
+reference was up to 5.4e-5 off and ``fused`` up to 3.7e-5.
 
 bf16 (T = 4, every reset x surrogate): no NaN or inf; at most ``BF16_SPIKE_SHARE`` of the spikes
 differ from the float32 reference run on the same (bf16-rounded) currents; the input gradient's
 relative L2 error at most ``BF16_GRAD_REL``, or ``BF16_GRAD_REL_RECTANGLE`` for the rectangle
 surrogate, whose jumps at the window's edges turn a rounding of the membrane into a gradient of
-0 or 1/width. Measured with ``fused`` on CPU, 8 seeds x both resets at 2,048 and 32,768 neurons a
-step: at most 0.07% of spikes differed; gradient errors reached 0.030 (continuous surrogates)
-and 0.092 (rectangle).
+0 or 1/width. Measured with ``fused`` on the same machine, seeds 0 to 7 x both resets at 2,048
+and 32,768 neurons a step: at most 0.07% of spikes differed; gradient errors reached 0.030
+(continuous surrogates) and 0.092 (rectangle).
 
 The rate-BP recording (``record_neuron``), against autograd through the unrolled reference:
 spikes identical, counts their sum, eligibility within ``ELIGIBILITY_ATOL``.

@@ -69,7 +69,8 @@ class CifarJpeg:
             self._waiter.start()
         else:
             raise SpikeguideError(f"--data {str(source)!r} does not exist: pass the packed "
-                                  "cifar10-jpeg-q75.tar.gz or its unpacked folder")
+                                  "CIFAR-10 JPEG copy (benchmarks/prepare_gpu_carry.sh puts it "
+                                  "in gpu_carry/) or its unpacked folder")
 
     def _wait(self, started: float) -> None:
         self._unpack_error = self._unpack.communicate()[1]
