@@ -67,7 +67,14 @@ def run(ctx: Context, box: TimeBox, result: SectionResult) -> None:
         guess = last[method][1] * T / last[method][0] * 2 if method in last else 0.0
         if not box.fits(guess, f"{method} at T={T}"):
             continue
-        row = measure(ctx, method, T, box.left() / (len(units) - i))
+        try:
+            row = measure(ctx, method, T, box.left() / (len(units) - i))
+        except Exception as err:  # out of memory, say: the other configurations go on
+            result.check(f"{method} at T={T}", False, f"{type(err).__name__}: {err}"[:300])
+            continue
+        finally:
+            if ctx.device.type == "cuda":
+                torch.cuda.empty_cache()
         rows[method, T] = row
         last[method] = (T, row["step_s"])
         bptt = rows.get(("bptt", T))
@@ -76,6 +83,4 @@ def run(ctx: Context, box: TimeBox, result: SectionResult) -> None:
         time_ratio = f"{row['step_s'] / bptt['step_s']:.0%}" if bptt else None
         table.add(method, T, row["peak_mib"], f"{row['step_s']:.4f}", row["steps"],
                   mem_ratio, time_ratio)
-        if ctx.device.type == "cuda":
-            torch.cuda.empty_cache()
     result.data["rows"] = [{"method": m, "T": T, **r} for (m, T), r in rows.items()]

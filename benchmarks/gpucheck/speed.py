@@ -246,15 +246,14 @@ def run(ctx: Context, box: TimeBox, result: SectionResult) -> None:
             continue
         try:
             steps, info, notes = contenders(network, precision, ctx.device, sj)
-        except Exception as err:  # one group that cannot be built leaves the others
-            result.check(f"speed {key}: building the contenders", False,
-                         f"{type(err).__name__}: {err}")
+            timed = time_group(steps, network.batch, ctx.sizes.speed_rounds,
+                               ctx.sizes.speed_max_iters, box.left() / (len(groups) - i + 1),
+                               ctx.device)
+        except Exception as err:  # a group that cannot be built or timed leaves the others
+            result.check(f"speed {key}", False, f"{type(err).__name__}: {err}")
             continue
         for note in notes:
             result.note(f"{key}: {note}")
-        timed = time_group(steps, network.batch, ctx.sizes.speed_rounds,
-                           ctx.sizes.speed_max_iters, box.left() / (len(groups) - i + 1),
-                           ctx.device)
         timed = {label: {**info[label], **row} for label, row in timed.items()}
         for label, row in child["groups"].get(key, {}).items():  # on CPU both run 'torch-reference'
             timed[f"{label} (child process)" if label in timed else label] = row
