@@ -9,11 +9,13 @@ as many as fit the time left: a few training steps are timed first, an epoch's t
 from them (plus the test evaluation, a forward pass over the test split), and the schedule
 (cosine) is set for that many epochs. Should the estimate be short, a SIGTERM at the deadline
 makes the Trainer finish its step, write its checkpoint and stop, and the last finished epoch is
-reported.
+reported. What a run did is read from its ``metrics.jsonl`` (one JSON line per finished epoch),
+the file every run directory holds.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -21,6 +23,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -29,7 +32,6 @@ from common import sync
 from spikeguide.config import Config, merge, parse_config, read_toml
 from spikeguide.training.build import build_datasets
 from spikeguide.training.run import build_method, train
-from spikeguide.training.runlog import read_metrics
 from spikeguide.training.trainer import Trainer
 
 from .context import Context
@@ -86,6 +88,13 @@ def epoch_seconds(step_s: float, steps: int, test_images: int, batch: int) -> fl
     return (steps * step_s + evaluation) * MARGIN
 
 
+def epoch_lines(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 @contextmanager
 def stop_at(seconds: float) -> Iterator[None]:
     """SIGTERM to this process after ``seconds``: inside ``Trainer.fit`` it stops the training
@@ -119,13 +128,13 @@ def train_boxed(ctx: Context, result: SectionResult, label: str, seconds: float,
         return None
     cfg = recipe_config(ctx, recipe, name, epochs, **options)
     with stop_at(left):
-        summary = train(cfg, overwrite=True)
-    shutil.copy(cfg.run_dir / "metrics.jsonl", ctx.out / f"{name}_metrics.jsonl")
+        train(cfg, overwrite=True)
+    metrics = epoch_lines(cfg.run_dir)
+    if metrics:
+        shutil.copy(cfg.run_dir / "metrics.jsonl", ctx.out / f"{name}_metrics.jsonl")
     return {"label": label, "run_dir": str(cfg.run_dir), "spiking": cfg.method.name != "ann",
-            "epochs_planned": epochs, "stopped": summary["stopped"],
-            "teacher_top1": summary.get("teacher_top1"), "step_img_s": batch / step_s,
-            "train_images": steps * batch, "test_images": test_images,
-            "metrics": read_metrics(cfg.run_dir)}
+            "epochs_planned": epochs, "step_img_s": batch / step_s,
+            "train_images": steps * batch, "test_images": test_images, "metrics": metrics}
 
 
 def run(ctx: Context, box: TimeBox, result: SectionResult) -> None:
@@ -144,11 +153,9 @@ def run(ctx: Context, box: TimeBox, result: SectionResult) -> None:
     result.data["runs"] = []
     for done in runs:
         metrics = done["metrics"]
-        if done["stopped"]:
+        if len(metrics) < done["epochs_planned"]:
             result.note(f"{done['label']}: stopped at the deadline during epoch "
                         f"{len(metrics) + 1} of {done['epochs_planned']}")
-        if done["teacher_top1"] is not None:
-            result.note(f"{done['label']}: its teacher's test top1 {done['teacher_top1']:.2f}")
         result.data["runs"].append(done)
         if not metrics:
             continue
