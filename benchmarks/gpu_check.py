@@ -110,6 +110,8 @@ def choose_device(args: argparse.Namespace) -> torch.device:
     if args.smoke:
         # the Triton kernels then run in Triton's CPU interpreter (set before Triton is imported)
         os.environ.setdefault("TRITON_INTERPRET", "1")
+        # what auto runs on CPU is built now, once per machine, not inside a section's time
+        resolve_backend("auto", torch.zeros(1))
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise SpikeguideError("no CUDA device here: run it on a GPU machine, or with --smoke")
