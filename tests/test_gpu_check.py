@@ -1,0 +1,190 @@
+"""benchmarks/gpu_check.py: its smoke run takes every section's path on CPU, and the pieces that
+decide (pass/fail, time boxes, the ``auto`` recommendation) decide right."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from spikeguide.config import DataConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+SECTIONS = ["environment", "correctness", "speed", "memory", "pipeline", "training"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check_out")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_check.py"), "--smoke", "--out", str(out),
+         "--work", str(tmp_path_factory.mktemp("gpu_check_work"))],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out, json.loads((out / "gpu_check.json").read_text())
+
+
+@pytest.fixture
+def gpucheck(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return lambda name: importlib.import_module(f"gpucheck.{name}")
+
+
+def test_smoke_run_writes_every_section_in_files_the_device_tool_returns(smoke):
+    out, doc = smoke
+    assert list(doc["sections"]) == SECTIONS
+    assert {k: s["status"] for k, s in doc["sections"].items()} == dict.fromkeys(SECTIONS, "ok")
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["gpu.md", "gpu_ann_metrics.jsonl", "gpu_check.json", "gpu_check.log",
+                     "gpu_enof_metrics.jsonl"]  # at most 8 files come back from a device run
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", f) for f in files)
+    md = (out / "gpu.md").read_text()
+    assert "Smoke run on CPU" in md and "Recommendation:" in md
+    for section in doc["sections"].values():
+        assert f"## {section['title']}" in md
+
+
+def test_smoke_correctness_checks_every_backend_and_the_recording(smoke):
+    section = smoke[1]["sections"]["correctness"]
+    checks = section["checks"]
+    assert len(checks) > 100 and all(c["passed"] for c in checks)
+    units = {(row[0], row[1]) for row in section["tables"][0]["rows"]}
+    backends = {b for _, b in units}
+    assert {"fused", "record_neuron (eager loop)"} <= backends
+    if importlib.util.find_spec("triton") is not None:  # in Triton's CPU interpreter
+        assert "triton" in backends
+    assert len({u for u, _ in units}) == 7  # no unit left out
+    assert section["data"]["failed"] == []
+
+
+def test_smoke_speed_times_both_precisions_formats_and_spikingjelly(smoke):
+    section = smoke[1]["sections"]["speed"]
+    groups = section["data"]["groups"]
+    assert [g["precision"] for g in groups] == ["fp32", "bf16"]
+    for group in groups:
+        labels = set(group["rows"])
+        for fmt in ("contiguous", "channels_last"):
+            assert {f"spikeguide torch, {fmt}", f"spikeguide fused, {fmt}"} <= labels
+        assert all(max(r["rates"]) > 0 for r in group["rows"].values())
+        sj_rows = [r for r in group["rows"].values() if r["kind"] == "spikingjelly"]
+        if importlib.util.find_spec("spikingjelly") is None:
+            assert not sj_rows
+        else:  # this process's implementation and the child process's, in both formats
+            assert len(sj_rows) == 4
+    assert set(section["data"]["layer_ms"]) >= {"torch", "fused"}
+
+
+def test_smoke_memory_pipeline_and_training_figures(smoke):
+    out, doc = smoke
+    rows = doc["sections"]["memory"]["data"]["rows"]
+    assert {(r["method"], r["T"]) for r in rows} == {
+        (m, T) for m in ("bptt", "ratebp", "hybrid") for T in (1, 2)}
+    assert all(r["peak_mib"] is None and r["step_s"] > 0 for r in rows)  # CPU: time only
+    pipeline = doc["sections"]["pipeline"]
+    assert pipeline["data"]["memory_img_s"] > 0
+    if "loader" not in DataConfig.__dataclass_fields__:
+        assert any("stream loader: not available in this build" in n for n in pipeline["notes"])
+    runs = doc["sections"]["training"]["data"]["runs"]
+    assert [r["spiking"] for r in runs] == [False, True]
+    for run, name in zip(runs, ("gpu_ann", "gpu_enof")):
+        assert run["epochs_planned"] == 1 and len(run["metrics"]) == 1
+        assert 0 <= run["metrics"][0]["test_top1"] <= 100
+        copied = (out / f"{name}_metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line) for line in copied] == run["metrics"]
+    assert runs[1]["metrics"][0]["test_firing_rate"] > 0
+
+
+def test_a_wrong_kernel_fails_the_comparison(gpucheck):
+    correctness = gpucheck("correctness")
+    from spikeguide.neurons import LIF, PLIF
+
+    x, g = correctness.currents(4, (4, 8, 8), torch.device("cpu"), seed=0)
+    passed, detail, _ = correctness.compare_fp32(LIF(backend="torch"), LIF(backend="fused"), x, g)
+    assert passed, detail
+    passed, detail, _ = correctness.compare_fp32(LIF(backend="torch"),
+                                                 LIF(decay=0.51, backend="fused"), x, g)
+    assert not passed and "spikes differ" in detail
+    # a decay gradient off by more than DECAY_RTOL, with the same spikes and input gradient
+    ref = PLIF(0.6, backend="torch")
+    passed, detail, _ = correctness.compare_fp32(ref, ref, x, g)
+    assert passed, detail
+
+    class ScaledDecayGradient(PLIF):
+        def membrane_decay(self):
+            decay = super().membrane_decay()
+            return decay + 1e-3 * (decay - decay.detach())  # same value, gradient x 1.001
+
+    scaled = ScaledDecayGradient(0.6, backend="torch")
+    passed, detail, _ = correctness.compare_fp32(ref, scaled, x, g)
+    assert not passed and "decay gradient relative error 1.0e-03" in detail
+
+
+def test_a_unit_that_does_not_fit_is_left_out_and_said(gpucheck):
+    results, timebox = gpucheck("results"), gpucheck("timebox")
+    result = results.SectionResult("memory", "4. Memory")
+    box = timebox.TimeBox(timebox.Clock(100.0), 0.5, result)
+    assert box.fits(0.1, "small")
+    assert not box.fits(5.0, "bptt at T=8")
+    assert result.skipped[0].startswith("bptt at T=8 (needs about 5 s")
+    assert result.status == "partial"
+    result.check("a check", False, "wrong")
+    assert result.status == "failed"
+    result.error = "RuntimeError: boom"
+    assert result.status == "error"
+
+
+def group(precision: str, rates: dict[tuple[str, str], float]) -> dict:
+    return {"network": "net", "precision": precision,
+            "rows": {f"{b}, {f}": {"kind": "spikeguide", "backend": b, "format": f, "rates": [r]}
+                     for (b, f), r in rates.items()}}
+
+
+@pytest.mark.parametrize("triton_rate,failed,expected", [
+    (120.0, [], "triton"),  # 1.2x fused (its best format)
+    (101.0, [], "fused"),  # within noise
+    (120.0, ["triton"], "fused"),  # fast but wrong: never picked
+])
+def test_auto_recommendation(gpucheck, triton_rate, failed, expected):
+    recommend = gpucheck("recommend")
+    groups = [group("fp32", {("fused", "contiguous"): 100.0, ("fused", "channels_last"): 90.0,
+                             ("triton", "contiguous"): triton_rate / 1.3,
+                             ("triton", "channels_last"): triton_rate,
+                             ("torch", "contiguous"): 80.0}),
+              group("bf16", {("fused", "contiguous"): 10.0, ("torch", "contiguous"): 500.0})]
+    advice = recommend.recommend_auto(groups, failed, "fused")
+    assert advice["recommended"] == expected
+    assert advice["ratios"]["torch"] == pytest.approx(0.8)  # bf16 groups do not count
+    text = "\n".join(advice["lines"])
+    assert ("FAILED correctness" in text) == bool(failed)
+    if expected == "triton":
+        assert "channels_last with 'triton': 1.30x" in text
+    else:
+        assert "channels_last with 'fused': 0.90x" in text and "default (off) stays" in text
+
+
+def test_no_recommendation_without_a_figure_of_todays_backend(gpucheck):
+    recommend = gpucheck("recommend")
+    advice = recommend.recommend_auto([group("fp32", {("torch", "contiguous"): 1.0})], [], "fused")
+    assert advice["recommended"] is None and "no recommendation" in advice["lines"][-1]
+
+
+def test_a_missing_data_file_is_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--smoke", "--data",
+                           str(tmp_path / "absent.tar.gz"), "--out", str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"gpu_check: error: --data {str(tmp_path / 'absent.tar.gz')!r} does not exist: pass the "
+        "packed CIFAR-10 JPEG copy (benchmarks/prepare_gpu_carry.sh puts it in gpu_carry/) or its "
+        "unpacked folder"]
