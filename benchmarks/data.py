@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import load_average, machine, sync
 from PIL import Image
 
 from spikeguide.data import (
@@ -56,36 +56,14 @@ CLASSES = 10
 # ------------------------------------------------------------------------------- the machine
 
 
-def machine(device: torch.device) -> list[tuple[str, str]]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    rows = [("cpu", cpu), ("cores", str(os.cpu_count())), ("torch threads", str(torch.get_num_threads())),
-            ("torch", torch.__version__), ("device", str(device)),
-            ("load average at start", " ".join(f"{v:.2f}" for v in os.getloadavg()))]
-    if device.type == "cuda":
-        rows.append(("gpu", torch.cuda.get_device_name(device)))
-    return rows
-
-
 def print_table(device: torch.device, rows: list[tuple[str, str]]) -> None:
-    width = max(len(k) for k, _ in machine(device) + rows)
+    width = max(len("measurement"), *(len(k) for k, _ in rows))
     value_width = max(len("value"), *(len(v) for _, v in rows))
-    for key, value in machine(device):
-        print(f"{key:<{width}}  {value}")
-    print()
+    print(f"machine: {machine(device)}; device {device}; load average {load_average()}\n")
     print(f"| {'measurement':<{width}} | {'value':>{value_width}} |")
     print(f"|{'-' * (width + 2)}|{'-' * (value_width + 2)}|")
     for key, value in rows:
         print(f"| {key:<{width}} | {value:>{value_width}} |")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ------------------------------------------------------------------------------- the tree

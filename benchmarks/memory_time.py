@@ -43,7 +43,7 @@ import sys
 import time
 
 import torch
-from speed import machine
+from common import machine
 
 from spikeguide.methods import METHODS
 from spikeguide.models import create_model

@@ -21,8 +21,8 @@ import sys
 import time
 
 import torch
+from common import machine
 from memory_time import markdown, run_child
-from speed import machine
 
 BUSY_LOOP = "while True: pass"
 

@@ -36,8 +36,16 @@ from typing import Callable
 import torch
 
 from spikeguide.models import create_model
-from spikeguide.neurons import LIF, PLIF, SURROGATES, Surrogate, get_surrogate, lif_multistep
+from spikeguide.neurons import (
+    LIF,
+    PLIF,
+    SURROGATES,
+    Surrogate,
+    get_surrogate,
+    lif_multistep,
+)
 from spikeguide.neurons.kernels import resolve_backend
+from spikeguide.neurons.kernels.record import record_backend
 from spikeguide.ratepass import record_neuron
 
 from .context import Context
@@ -51,9 +59,6 @@ BF16_SPIKE_SHARE = 0.005
 BF16_GRAD_REL = 0.05
 BF16_GRAD_REL_RECTANGLE = 0.25
 ELIGIBILITY_ATOL = 1e-5
-# The fused recording kernel of rate-based BP dispatches behind record_neuron once a build has it;
-# until then record_neuron is the eager loop on every device.
-RECORD_KERNEL = "spikeguide.neurons.kernels.triton_record"
 
 
 class Cubic(Surrogate):
@@ -254,8 +259,9 @@ def model_step(ctx: Context) -> Callable[[str, Cases], None]:
 
 def units(ctx: Context) -> list[tuple[str, int, Callable[[str, Cases], None], tuple[str, ...]]]:
     """(name, cases per backend, runner, backends), most important first."""
-    recorder = ("record_neuron (fused kernel)" if importlib.util.find_spec(RECORD_KERNEL)
-                else "record_neuron (eager loop)")
+    # record_neuron runs the Triton recording kernel on CUDA float32 when triton imports
+    kernel = record_backend(torch.empty(0, device=ctx.device), get_surrogate("atan")) or "eager"
+    recorder = f"record_neuron ({kernel})"
     return [
         ("LIF float32, T=4, every reset x detach x surrogate", 20, neuron_grid(ctx, LIF, 4),
          BACKENDS),
@@ -278,9 +284,6 @@ def run(ctx: Context, box: TimeBox, result: SectionResult) -> None:
     for backend, why in reasons.items():
         if why:
             result.note(f"backend {backend!r} not checked: {why}")
-    if importlib.util.find_spec(RECORD_KERNEL) is None:
-        result.note("rate-BP recording kernel: not available in this build; record_neuron runs "
-                    "the eager loop, which is what is checked")
     table = result.table(f"Correctness on {ctx.device} (worst error: the input gradient's largest "
                          "|error|; bf16: its relative L2 error; recording: the eligibility's)",
                          ["unit", "backend", "cases passed", "worst error", "seconds"])

@@ -28,8 +28,8 @@ METHODS = ("bptt", "ratebp", "hybrid")
 def measure(ctx: Context, method: str, T: int, seconds: float) -> dict[str, float | None]:
     net = ctx.sizes.memory_network
     args = argparse.Namespace(model=net.model, width=net.width, batch=net.batch, T=T,
-                              method=method, device=str(ctx.device))
-    parts = build(args)
+                              device=str(ctx.device), conv_steps=None)
+    parts = build(args, method)
     cuda = ctx.device.type == "cuda"
     sync(ctx.device)
     if cuda:
