@@ -36,16 +36,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import load_average, machine, sync
 from PIL import Image
 
-from spikeguide.data import (
-    Augment,
-    InMemoryLoader,
-    build_dataset,
-    make_loader,
-    open_dataset,
-)
+from common import load_average, machine, sync
+from spikeguide.data import Augment, InMemoryLoader, build_dataset, make_loader, open_dataset
 from spikeguide.data.decode import RandomResizedCrop, simplejpeg
 from spikeguide.data.loader import mix_seed
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 import torch
+
 from common import machine
 from gpucheck import correctness, environment, memory, pipeline, report, speed, training
 from gpucheck.context import FULL, SMOKE, Context
@@ -50,7 +51,6 @@ from gpucheck.dataset import CifarJpeg, write_tiny_tarball
 from gpucheck.recommend import recommend_auto
 from gpucheck.results import SectionResult
 from gpucheck.timebox import Clock, TimeBox
-
 from spikeguide.errors import SpikeguideError
 from spikeguide.neurons.kernels import resolve_backend
 

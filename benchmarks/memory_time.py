@@ -43,8 +43,8 @@ import sys
 import time
 
 import torch
-from common import machine
 
+from common import machine
 from spikeguide.methods import METHODS
 from spikeguide.models import create_model
 from spikeguide.training.threads import choose_threads

@@ -25,6 +25,7 @@ import statistics
 import time
 
 import torch
+
 from common import (
     FORMATS,
     batch_for,
@@ -39,7 +40,6 @@ from common import (
     time_contenders,
     time_rounds,
 )
-
 from spikeguide.neurons.kernels import BACKENDS
 from spikeguide.neurons.surrogates import ATan
 

@@ -21,6 +21,7 @@ import sys
 import time
 
 import torch
+
 from common import machine
 from memory_time import markdown, run_child
 

@@ -2,10 +2,10 @@ import csv
 import json
 
 import pytest
-from conftest import run_cli, state_equal, tiny_config, write_recipe
 
 import spikeguide.training.run
 import spikeguide.training.teacher
+from conftest import run_cli, state_equal, tiny_config, write_recipe
 from spikeguide.commands.ablate import (
     VARIANTS,
     base_config,

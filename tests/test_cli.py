@@ -1,6 +1,6 @@
 import pytest
-from conftest import tiny_config, write_recipe
 
+from conftest import tiny_config, write_recipe
 from spikeguide.cli import main, strip_option
 
 

@@ -1,12 +1,6 @@
 import pytest
 
-from spikeguide.config import (
-    apply_overrides,
-    dump_toml,
-    load_config,
-    parse_config,
-    to_dict,
-)
+from spikeguide.config import apply_overrides, dump_toml, load_config, parse_config, to_dict
 from spikeguide.errors import SpikeguideError
 
 

@@ -4,13 +4,7 @@ import torch
 from PIL import Image, ImageOps
 
 from spikeguide.data import Augment, policies
-from spikeguide.data.augment import (
-    POLICIES,
-    crop_batch,
-    cutout_batch,
-    flip_batch,
-    roll_batch,
-)
+from spikeguide.data.augment import POLICIES, crop_batch, cutout_batch, flip_batch, roll_batch
 from spikeguide.errors import SpikeguideError
 
 

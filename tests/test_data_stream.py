@@ -7,8 +7,8 @@ import signal
 import numpy as np
 import pytest
 import torch
-from mini_imagenet import CLASSES, VAL_LABELS, corrupt, make_tree
 
+from mini_imagenet import CLASSES, VAL_LABELS, corrupt, make_tree
 from spikeguide.data import (
     Augment,
     ImageFiles,

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, write_recipe
 
+from conftest import tiny_config, write_recipe
 from spikeguide.analysis.diagnose import (
     FlowReport,
     LayerFlow,

@@ -3,9 +3,9 @@ import math
 
 import pytest
 import torch
-from conftest import state_equal, tiny_config
 from torch import nn
 
+from conftest import state_equal, tiny_config
 from spikeguide.config import parse_config
 from spikeguide.errors import SpikeguideError
 from spikeguide.methods import METHODS

@@ -128,7 +128,6 @@ def test_unexportable_models_say_why():
 
 def test_export_command_writes_the_runs_snn(tmp_path):
     from conftest import run_cli, tiny_config, write_recipe
-
     from spikeguide.config import load_config
     from spikeguide.training.run import train
 
@@ -147,7 +146,6 @@ def test_export_command_writes_the_runs_snn(tmp_path):
 
 def test_export_of_a_checkpoint_without_its_input_shape_asks_for_it(tmp_path):
     from conftest import tiny_config
-
     from spikeguide.commands.export import export_run
     from spikeguide.config import parse_config
     from spikeguide.training.checkpoint import load_checkpoint, save_checkpoint

@@ -5,10 +5,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import pytest
-from conftest import tiny_config
 from torch import nn
 from torch.nn import functional as F
 
+from conftest import tiny_config
 from spikeguide import SpikeguideError, train
 from spikeguide.config import parse_config
 from spikeguide.methods import Method, OptionGroup, StepResult, register_method

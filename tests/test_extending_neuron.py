@@ -3,9 +3,9 @@ through the public API with bptt and ratebp, and refused by NIR export."""
 
 import pytest
 import torch
-from conftest import tiny_config
 
 import spikeguide
+from conftest import tiny_config
 from spikeguide import SpikeguideError
 from spikeguide.config import parse_config
 from spikeguide.models import create_model

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+
 from conftest import (
     ONE_THREAD,
     SRC,
@@ -19,7 +20,6 @@ from conftest import (
     tiny_config,
     write_recipe,
 )
-
 from spikeguide.config import parse_config
 from spikeguide.training.checkpoint import load_checkpoint
 from spikeguide.training.run import train

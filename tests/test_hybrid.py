@@ -156,7 +156,6 @@ def test_hybrid_options_parse_from_a_config():
 
 def test_ratebp_and_hybrid_train_through_the_runner(tmp_path):
     from conftest import tiny_config
-
     from spikeguide.training.checkpoint import load_checkpoint
     from spikeguide.training.run import train
 

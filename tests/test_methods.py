@@ -83,7 +83,6 @@ def test_with_event_frames_T_is_the_number_of_frames():
 
 def test_the_runner_passes_grad_scale_through_a_recipe(tmp_path):
     from conftest import tiny_config
-
     from spikeguide.training.build import build_model
     from spikeguide.training.run import train
 

@@ -5,21 +5,8 @@ import torch
 
 from spikeguide.errors import SpikeguideError
 from spikeguide.models import create_model
-from spikeguide.neurons import (
-    IF,
-    LIF,
-    PLIF,
-    SURROGATES,
-    NIRNode,
-    get_surrogate,
-    is_spiking,
-)
-from spikeguide.ratepass import (
-    check_model,
-    rate_forward,
-    record_dynamics,
-    record_neuron,
-)
+from spikeguide.neurons import IF, LIF, PLIF, SURROGATES, NIRNode, get_surrogate, is_spiking
+from spikeguide.ratepass import check_model, rate_forward, record_dynamics, record_neuron
 
 
 def hand_lif(current, decay, threshold, reset):

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+
 from conftest import (
     ONE_THREAD,
     assert_two_processes_match_one,
@@ -18,7 +19,6 @@ from conftest import (
     write_recipe,
 )
 from mini_imagenet import make_tree
-
 from spikeguide.config import parse_config
 from spikeguide.data import choice as choice_module
 from spikeguide.data import choose_loader, open_dataset

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
 
+from conftest import tiny_config
 from spikeguide.config import parse_config
 from spikeguide.errors import SpikeguideError
 from spikeguide.training import threads

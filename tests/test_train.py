@@ -3,8 +3,8 @@ import math
 
 import pytest
 import torch
-from conftest import state_equal, tiny_config
 
+from conftest import state_equal, tiny_config
 from spikeguide.config import parse_config
 from spikeguide.errors import SpikeguideError
 from spikeguide.training.checkpoint import load_checkpoint

@@ -36,14 +36,7 @@ from typing import Callable
 import torch
 
 from spikeguide.models import create_model
-from spikeguide.neurons import (
-    LIF,
-    PLIF,
-    SURROGATES,
-    Surrogate,
-    get_surrogate,
-    lif_multistep,
-)
+from spikeguide.neurons import LIF, PLIF, SURROGATES, Surrogate, get_surrogate, lif_multistep
 from spikeguide.neurons.kernels import resolve_backend
 from spikeguide.neurons.kernels.record import record_backend
 from spikeguide.ratepass import record_neuron

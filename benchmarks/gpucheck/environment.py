@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+
 from common import cpu_name, import_spikingjelly, spikingjelly_implementation
 
 from .context import Context

@@ -15,6 +15,7 @@ import statistics
 import time
 
 import torch
+
 from common import sync
 from memory_time import build, step
 

@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 import torch
-from common import sync
 
+from common import sync
 from spikeguide.config import parse_config
 from spikeguide.training.build import build_datasets
 from spikeguide.training.run import build_method

@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable
 
 import torch
+
 from common import (
     FORMATS,
     PRECISIONS,
@@ -38,7 +39,6 @@ from common import (
     time_contenders,
     time_rounds,
 )
-
 from spikeguide.models import SpikingNet
 from spikeguide.neurons.kernels import resolve_backend
 from spikeguide.neurons.surrogates import ATan

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from common import sync
 
+from common import sync
 from spikeguide.config import Config, merge, parse_config, read_toml
 from spikeguide.training.build import build_datasets
 from spikeguide.training.run import build_method, train

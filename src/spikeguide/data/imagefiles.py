@@ -18,13 +18,7 @@ import torch
 from ..errors import SpikeguideError
 from .base import ArrayDataset, stratified_indices, subset_info
 from .cache import ArrayCache, file_manifest
-from .decode import (
-    CorruptImageError,
-    RandomResizedCrop,
-    image_size,
-    load_image,
-    resized_size,
-)
+from .decode import CorruptImageError, RandomResizedCrop, image_size, load_image, resized_size
 from .parallel import parallel_imap
 
 log = logging.getLogger("spikeguide")

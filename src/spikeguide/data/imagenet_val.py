@@ -125,9 +125,7 @@ def devkit_wnids(ground_truth: Path) -> dict[int, str]:
         raise SpikeguideError(f"imagefolder: {ground_truth} holds devkit IDs, which the devkit's "
                               f"meta.mat maps to classes; put meta.mat at {candidates[0]}")
     try:
-        from scipy.io import (
-            loadmat,  # optional: only this form of the ground truth needs it
-        )
+        from scipy.io import loadmat  # optional: only this form of the ground truth needs it
     except ImportError:
         raise SpikeguideError(f"imagefolder: reading {meta} needs scipy: pip install scipy "
                               "(or spikeguide[imagenet])") from None

@@ -25,15 +25,7 @@ from torch import nn
 from .base import SpikingNet
 from .layers import TimeSequential
 from .registry import register_model
-from .resnet import (
-    MakeAct,
-    ResidualBlock,
-    build_stages,
-    conv_bn,
-    global_pool,
-    numbered,
-    scale,
-)
+from .resnet import MakeAct, ResidualBlock, build_stages, conv_bn, global_pool, numbered, scale
 
 
 def conv_bn_act(cin: int, cout: int, kernel: int, stride: int, make_act: MakeAct,

@@ -2,14 +2,7 @@
 kernels. A new neuron subclasses :class:`SpikingNeuron` and registers with
 :func:`register_neuron` (docs/extending.md)."""
 
-from .base import (
-           RATE_PIECES,
-           NIRNode,
-           SpikingNeuron,
-           is_spiking,
-           missing_piece,
-           reference_loop,
-)
+from .base import RATE_PIECES, NIRNode, SpikingNeuron, is_spiking, missing_piece, reference_loop
 from .kernels import LIFSpec
 from .lif import IF, LIF, PLIF, RESETS, lif_multistep
 from .registry import NEURONS, neuron_factory, neuron_options, register_neuron

@@ -22,13 +22,7 @@ from ..models import checked_weights, load_twin_weights
 from ..neurons.kernels import empty_cache
 from .build import build_datasets, build_model
 from .checkpoint import load_checkpoint
-from .distributed import (
-    barrier,
-    barrier_if_joined,
-    init_distributed,
-    local_device,
-    resolve_device,
-)
+from .distributed import barrier, barrier_if_joined, init_distributed, local_device, resolve_device
 from .teacher import prepare_teacher, recorded_teacher_top1, teacher_config
 from .threads import set_threads
 from .trainer import Trainer, TrainSummary
