@@ -58,7 +58,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     args = p.parse_args()
-    args.device = "cpu"
+    args.device, args.conv_steps = "cpu", None  # what memory_time's children take
     os.environ.pop("OMP_NUM_THREADS", None)  # else 'auto' would take it, as training does
     print(f"{args.method}, {args.model} width {args.width:g}, batch {args.batch}, T={args.T}, "
           f"cpu; median of {args.steps} steps after {args.warmup}")
