@@ -10,8 +10,16 @@ import time
 import pytest
 import torch
 
-from conftest import (ONE_THREAD, SRC, assert_two_processes_match_one, run_cli, start_cli,
-                      state_equal, tiny_config, write_recipe)
+from conftest import (
+    ONE_THREAD,
+    SRC,
+    assert_two_processes_match_one,
+    run_cli,
+    start_cli,
+    state_equal,
+    tiny_config,
+    write_recipe,
+)
 from spikeguide.config import parse_config
 from spikeguide.training.checkpoint import load_checkpoint
 from spikeguide.training.run import train

@@ -9,8 +9,15 @@ import time
 import pytest
 import torch
 
-from conftest import (ONE_THREAD, assert_two_processes_match_one, run_cli, start_cli, state_equal,
-                      tiny_config, write_recipe)
+from conftest import (
+    ONE_THREAD,
+    assert_two_processes_match_one,
+    run_cli,
+    start_cli,
+    state_equal,
+    tiny_config,
+    write_recipe,
+)
 from mini_imagenet import make_tree
 from spikeguide.config import parse_config
 from spikeguide.data import choice as choice_module

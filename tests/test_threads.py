@@ -6,9 +6,10 @@ import torch
 from conftest import tiny_config
 from spikeguide.config import parse_config
 from spikeguide.errors import SpikeguideError
+from spikeguide.machine import cgroup_cpu_limit, read_cpu_times
 from spikeguide.training import threads
 from spikeguide.training.run import train
-from spikeguide.training.threads import cgroup_cpu_limit, choose_threads, read_cpu_times
+from spikeguide.training.threads import choose_threads
 
 
 @pytest.fixture
@@ -16,7 +17,7 @@ def four_cpus(monkeypatch):
     """A process allowed on CPUs 0-3, no cgroup quota, no thread settings."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(threads, "affinity_cpus", lambda: [0, 1, 2, 3])
     monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: None)
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SpikeguideError
+from ..machine import gpu_bytes, local_processes, ram_bytes
 from .imagefiles import ImageFiles
-from .machine import gpu_bytes, local_processes, ram_bytes
 from .registry import Dataset
 
 LOADERS = ("auto", "memory", "stream")

@@ -18,9 +18,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import SpikeguideError
+from ..machine import local_processes, usable_cores
 from .decode import RandomResizedCrop
 from .imagefiles import ImageFiles
-from .machine import local_processes, usable_cores
 from .order import BatchOrder, mix_seed
 
 log = logging.getLogger("spikeguide")

@@ -18,8 +18,6 @@ from ..surrogates import Surrogate
 from . import cpu
 from .fused import as_rows
 
-RECORD_BACKENDS = ("compiled", "triton")
-
 
 def count_dtype(T: int) -> torch.dtype:
     """Spike counts are bytes below 256 steps: a layer's records take 5 bytes a neuron."""
