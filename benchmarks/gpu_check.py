@@ -48,7 +48,7 @@ from common import machine
 from gpucheck import correctness, environment, memory, pipeline, report, speed, training
 from gpucheck.context import FULL, SMOKE, Context
 from gpucheck.dataset import CifarJpeg, write_tiny_tarball
-from gpucheck.recommend import recommend_auto
+from gpucheck.recommend import recommend_auto, recording_line
 from gpucheck.results import SectionResult
 from gpucheck.timebox import Clock, TimeBox
 from spikeguide.errors import SpikeguideError
@@ -189,10 +189,11 @@ def check(args: argparse.Namespace, device: torch.device, work: Path, command: s
     # the smoke run's CPU stands in for a GPU, where auto runs 'fused' today
     today = (resolve_backend("auto", torch.empty(0, device=device)) if device.type == "cuda"
              else "fused")
+    correctness = ctx.results["correctness"].data if "correctness" in ctx.results else {}
     recommendation = recommend_auto(
         ctx.results["speed"].data.get("groups", []) if "speed" in ctx.results else [],
-        ctx.results["correctness"].data.get("failed", []) if "correctness" in ctx.results else [],
-        today)
+        correctness.get("failed", []), today)
+    recommendation["lines"].append(recording_line(device, correctness))
     header = {"machine": machine(device), "command": command,
               "started": started, "elapsed_s": clock.elapsed(), "budget_s": args.budget,
               "smoke": args.smoke}

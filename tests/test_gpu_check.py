@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikeguide.neurons import get_surrogate
-from spikeguide.neurons.kernels.record import record_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -29,7 +27,8 @@ def smoke(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "gpu_check.py"), "--smoke", "--out", str(out),
-         "--work", str(tmp_path_factory.mktemp("gpu_check_work"))],
+         "--work", str(tmp_path_factory.mktemp("gpu_check_work")),
+         "--budget", "3600"],  # every code path, however loaded the machine: nothing skipped
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, json.loads((out / "gpu_check.json").read_text())
@@ -61,8 +60,7 @@ def test_smoke_correctness_checks_every_backend_and_the_recording(smoke):
     assert len(checks) > 100 and all(c["passed"] for c in checks)
     units = {(row[0], row[1]) for row in section["tables"][0]["rows"]}
     backends = {b for _, b in units}
-    recording = record_backend(torch.empty(0), get_surrogate("atan")) or "eager"
-    assert {"fused", f"record_neuron ({recording})"} <= backends
+    assert {"fused", "record eager", "record compiled"} <= backends  # the CPU's recording kernel
     if importlib.util.find_spec("triton") is not None:  # in Triton's CPU interpreter
         assert "triton" in backends
     assert len({u for u, _ in units}) == 7  # no unit left out

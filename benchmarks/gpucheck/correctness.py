@@ -38,8 +38,8 @@ import torch
 from spikeguide.models import create_model
 from spikeguide.neurons import LIF, PLIF, SURROGATES, Surrogate, get_surrogate, lif_multistep
 from spikeguide.neurons.kernels import resolve_backend
-from spikeguide.neurons.kernels.record import record_backend
-from spikeguide.ratepass import record_neuron
+from spikeguide.neurons.kernels.record import fused_record
+from spikeguide.ratepass.eligibility import record_eager
 
 from .context import Context
 from .results import SectionResult
@@ -192,8 +192,23 @@ def eligibility_reference(current: torch.Tensor, decay: float, reset: str, detac
     return spikes.detach(), eligibility
 
 
+def record(current, decay, reset, detach, surrogate, implementation: str):
+    """One recording implementation: ``"eager"`` (the reference loop) or a fused kernel."""
+    if implementation == "eager":
+        return record_eager(current, decay, 1.0, reset, detach, surrogate)
+    return fused_record(current, decay, 1.0, reset, detach, surrogate, implementation)
+
+
+def recording_implementations(device: torch.device) -> tuple[str, ...]:
+    """The eager loop and the device's recording kernel: C++ on CPU, Triton on CUDA (checked
+    here whether or not ``record_neuron`` picks it yet: TRITON_RECORD_ON_CUDA)."""
+    kernel = "triton" if device.type == "cuda" else "compiled"
+    return ("eager", kernel)
+
+
 def recording(ctx: Context) -> Callable[[str, Cases], None]:
     def run(backend: str, cases: Cases) -> None:
+        implementation = backend.removeprefix("record ")
         combos = itertools.product(("soft", "hard"), (False, True), SURROGATES.names(),
                                    (0.2, 0.5, 1.0))
         for seed, (reset, detach, name, decay) in enumerate(combos):
@@ -201,8 +216,8 @@ def recording(ctx: Context) -> Callable[[str, Cases], None]:
             current, _ = currents(4, ctx.sizes.neuron_shape, ctx.device, seed + 300)
             s_ref, e_ref = eligibility_reference(current, decay, reset, detach, surrogate)
             poison(ctx.device, current)
-            spikes, counts, eligibility = record_neuron(current, decay, 1.0, reset, detach,
-                                                        surrogate)
+            spikes, counts, eligibility = record(current, decay, reset, detach, surrogate,
+                                                 implementation)
             err = (eligibility - e_ref).abs().max().item()
             exact = (torch.equal(spikes, s_ref)
                      and torch.equal(counts.to(s_ref.dtype), s_ref.sum(0)))
@@ -252,16 +267,14 @@ def model_step(ctx: Context) -> Callable[[str, Cases], None]:
 
 def units(ctx: Context) -> list[tuple[str, int, Callable[[str, Cases], None], tuple[str, ...]]]:
     """(name, cases per backend, runner, backends), most important first."""
-    # record_neuron runs the Triton recording kernel on CUDA float32 when triton imports
-    kernel = record_backend(torch.empty(0, device=ctx.device), get_surrogate("atan")) or "eager"
-    recorder = f"record_neuron ({kernel})"
+    recorders = tuple(f"record {i}" for i in recording_implementations(ctx.device))
     return [
         ("LIF float32, T=4, every reset x detach x surrogate", 20, neuron_grid(ctx, LIF, 4),
          BACKENDS),
         ("bf16 against the float32 reference, T=4, every reset x surrogate", 10,
          bf16_against_fp32(ctx), BACKENDS),
         ("rate-BP recording, T=4, every rule x surrogate x decay 0.2/0.5/1", 60, recording(ctx),
-         (recorder,)),
+         recorders),
         ("PLIF float32 (decay gradient), T=4, every reset x detach x surrogate", 20,
          neuron_grid(ctx, PLIF, 4), BACKENDS),
         ("LIF float32, T=1, every reset x detach x surrogate", 20, neuron_grid(ctx, LIF, 1),
@@ -274,6 +287,8 @@ def units(ctx: Context) -> list[tuple[str, int, Callable[[str, Cases], None], tu
 
 def run(ctx: Context, box: TimeBox, result: SectionResult) -> None:
     reasons = {b: unavailable(b, ctx.device) for b in BACKENDS}
+    if ctx.device.type == "cuda":
+        reasons["record triton"] = unavailable("triton", ctx.device)
     for backend, why in reasons.items():
         if why:
             result.note(f"backend {backend!r} not checked: {why}")
@@ -282,6 +297,7 @@ def run(ctx: Context, box: TimeBox, result: SectionResult) -> None:
                          ["unit", "backend", "cases passed", "worst error", "seconds"])
     seconds_per_case: dict[str, float] = {}  # until measured, 1 s: Triton compiles at first
     failed: set[str] = set()
+    checked: set[str] = set()
     for name, n_cases, runner, backends in units(ctx):
         for backend in backends:
             if reasons.get(backend):
@@ -297,7 +313,9 @@ def run(ctx: Context, box: TimeBox, result: SectionResult) -> None:
             spent = time.monotonic() - start
             seconds_per_case[backend] = spent / max(cases.total, 1)
             table.add(name, backend, f"{cases.passed}/{cases.total}", cases.worst, f"{spent:.1f}")
+            checked.add(backend)
             if cases.passed < cases.total:
                 failed.add(backend)
     result.data["failed"] = sorted(failed)
+    result.data["checked"] = sorted(checked)
     result.data["unavailable"] = {b: why for b, why in reasons.items() if why}

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 NOISE = 0.03
 FORMATS = ("contiguous", "channels_last")
 
@@ -46,6 +48,20 @@ def channels_last_line(rates: dict[tuple[str, str], dict[str, float]], backend: 
                else "not faster: the default (off) stays")
     return gains, [f"channels_last with {backend!r}: {gain:.2f}x contiguous (geometric mean): "
                    f"{verdict}."]
+
+
+def recording_line(device: torch.device, correctness: dict[str, Any]) -> str:
+    """What the check says of rate-BP's Triton recording kernel, which CUDA uses only once it is
+    switched on (TRITON_RECORD_ON_CUDA in src/spikeguide/neurons/kernels/record.py)."""
+    if device.type != "cuda":
+        return "Recording kernel: Triton's is checked on a GPU only."
+    checked = correctness.get("checked", [])
+    if "record triton" not in checked:
+        return "Recording kernel: the Triton kernel was not checked (no time, or no Triton)."
+    if "record triton" in correctness.get("failed", []):
+        return "Recording kernel: the Triton kernel FAILED; CUDA keeps the eager loop."
+    return ("Recording kernel: the Triton kernel passed on this device; switch it on: "
+            "TRITON_RECORD_ON_CUDA = True in src/spikeguide/neurons/kernels/record.py.")
 
 
 def recommend_auto(groups: list[dict[str, Any]], failed: list[str], today: str) -> dict[str, Any]:

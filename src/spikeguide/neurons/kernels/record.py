@@ -18,6 +18,12 @@ from ..surrogates import Surrogate
 from . import cpu
 from .fused import as_rows
 
+# The Triton recording kernel has run only in Triton's CPU interpreter and been compiled to PTX;
+# like the Triton neuron (which "auto" does not pick either), CUDA records with the eager loop
+# until benchmarks/gpu_check.py has checked the kernel on a GPU (results/gpu.md). Turning it on is
+# this one line.
+TRITON_RECORD_ON_CUDA = False
+
 
 def count_dtype(T: int) -> torch.dtype:
     """Spike counts are bytes below 256 steps: a layer's records take 5 bytes a neuron."""
@@ -36,14 +42,14 @@ def _triton():
 
 
 def record_backend(current: torch.Tensor, surrogate: Surrogate) -> str | None:
-    """The kernel that records ``current`` (``"compiled"`` or ``"triton"``), or None where the
-    eager loop must."""
+    """The kernel that records ``current`` (``"compiled"``, or ``"triton"`` once
+    :data:`TRITON_RECORD_ON_CUDA`), or None where the eager loop does."""
     if type(surrogate) not in cpu.SURROGATE_IDS:
         return None
     if current.device.type == "cpu":
         return "compiled" if current.dtype in cpu.DTYPES and cpu.available() else None
-    if (current.device.type == "cuda" and current.dtype == torch.float32
-            and importlib.util.find_spec("triton") is not None):
+    if (TRITON_RECORD_ON_CUDA and current.device.type == "cuda"
+            and current.dtype == torch.float32 and importlib.util.find_spec("triton") is not None):
         return "triton"
     return None
 
