@@ -59,8 +59,8 @@ def test_auto_keeps_memory_while_the_splits_fit(tree, monkeypatch):
     monkeypatch.setattr(choice_module, "ram_bytes", lambda: 2 * need)
     fits = choose_loader("auto", splits, **options)
     assert fits.kind == "memory"
-    assert fits.reason == ("the decoded splits take 0.0 GB, within data.ram_share = 0.5 of the "
-                           "0.0 GB of RAM")
+    assert fits.reason == ("the decoded splits take 10 kB, within data.ram_share = 0.5 of the "
+                           "21 kB of RAM")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two copies no longer fit in half the RAM
     assert choose_loader("auto", splits, **options).kind == "stream"
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")

@@ -27,8 +27,12 @@ class LoaderChoice:
     reason: str
 
 
-def gigabytes(n: float) -> str:
-    return f"{n / 1e9:.1f} GB"
+def size_text(n: float) -> str:
+    """Bytes in the largest unit that keeps them at least 1 (a CIFAR-10 split: "31 MB")."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if unit == "GB" else f"{n / scale:.0f} {unit}"
+    return f"{n:.0f} B"
 
 
 def choose_loader(requested: str, datasets: list[Dataset], *, random_crop: bool,
@@ -54,16 +58,16 @@ def choose_loader(requested: str, datasets: list[Dataset], *, random_crop: bool,
     need = sum(d.decoded_nbytes() for d in datasets)
     processes = local_processes()
     ram = ram_bytes()
-    held = f"the decoded splits take {gigabytes(need)}" + (
+    held = f"the decoded splits take {size_text(need)}" + (
         f" in each of {processes} processes" if processes > 1 else "")
     if need * processes > ram_share * ram:
         return LoaderChoice("stream", f"{held}: more than data.ram_share = {ram_share:g} of the "
-                                      f"{gigabytes(ram)} of RAM")
+                                      f"{size_text(ram)} of RAM")
     gpu = gpu_bytes(device)
     if gpu is not None and need > gpu_share * gpu:
         return LoaderChoice("stream", f"{held}: more than data.gpu_share = {gpu_share:g} of the "
-                                      f"{gigabytes(gpu)} of GPU memory")
-    within = f"within data.ram_share = {ram_share:g} of the {gigabytes(ram)} of RAM"
+                                      f"{size_text(gpu)} of GPU memory")
+    within = f"within data.ram_share = {ram_share:g} of the {size_text(ram)} of RAM"
     if gpu is not None:
-        within += f" and data.gpu_share = {gpu_share:g} of the {gigabytes(gpu)} of GPU memory"
+        within += f" and data.gpu_share = {gpu_share:g} of the {size_text(gpu)} of GPU memory"
     return LoaderChoice("memory", f"{held}, {within}")
