@@ -313,11 +313,14 @@ def die_in_worker(self, index, *args, **kwargs):
 real_read = ImageFiles.read
 
 
-def test_a_killed_worker_raises_instead_of_hanging(tree, monkeypatch):
+def test_a_killed_worker_stops_the_run_with_one_line_instead_of_hanging(tree, monkeypatch):
     monkeypatch.setattr(ImageFiles, "read", die_in_worker)  # forked workers inherit it
     loader = StreamLoader(files(tree, workers=1), 6, shuffle=False, drop_last=False)
-    with pytest.raises(RuntimeError, match="DataLoader worker .* (killed|exited)"):
+    with pytest.raises(SpikeguideError, match=r"a data loader worker stopped \(DataLoader worker "
+                                              r".* (killed|exited).*\); the run stopped with it: "
+                                              "resume from its last checkpoint") as info:
         list(loader)
+    assert "\n" not in str(info.value)
 
 
 def test_workers_leave_the_terminal_process_group(tree, tmp_path, monkeypatch):

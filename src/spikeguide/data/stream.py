@@ -87,6 +87,25 @@ class BatchReader(torch.utils.data.Dataset):
         return torch.from_numpy(out)
 
 
+def worker_batches(loader: DataLoader) -> Iterator:
+    """The loader's batches; a worker that died (killed by the system, out of memory, a crash in
+    a decoder library) stops the run with one line instead of PyTorch's traceback."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except RuntimeError as err:
+            if "DataLoader worker" not in str(err):
+                raise
+            raise SpikeguideError(
+                f"a data loader worker stopped ({str(err).splitlines()[0].rstrip('. ')}); the run "
+                "stopped with it: resume from its last checkpoint with --resume (if the system "
+                "killed it for memory, set fewer workers with data.options.workers)") from None
+        yield batch
+
+
 class StreamLoader(BatchOrder):
     """Yields ``(x, y)`` batches (x uint8) of an :class:`ImageFiles`, decoded in
     ``files.workers`` processes (default :func:`default_workers`; 0 decodes in this process)
@@ -114,7 +133,7 @@ class StreamLoader(BatchOrder):
         keys = ((self.epoch, batch.tolist()) for batch in self.batch_indices(step))
         loader = DataLoader(self.reader, batch_size=None, sampler=keys, num_workers=self.workers,
                             pin_memory=self.device.type == "cuda", worker_init_fn=isolate_worker)
-        for x, y, error, replaced in loader:
+        for x, y, error, replaced in worker_batches(loader):
             if error is not None:
                 raise SpikeguideError(error)
             for corrupt, used in replaced:
