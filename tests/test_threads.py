@@ -80,3 +80,26 @@ def test_training_sets_the_chosen_threads(tmp_path):
     assert torch.get_num_threads() == 2
     with pytest.raises(SpikeguideError, match="train.threads must be >= 0"):
         parse_config(tiny_config(tmp_path, train={"threads": -1}))
+
+
+def test_a_resumed_run_keeps_the_count_it_trained_with(four_cpus, monkeypatch, caplog):
+    idle(monkeypatch, 4.0)  # an idle machine now: auto alone would take 4
+    assert choose_threads(0, trained_with=2) == threads.ThreadChoice(
+        2, "the count the resumed run trained with")
+    assert choose_threads(3, trained_with=2).threads == 3  # an explicit setting still wins
+    with caplog.at_level("WARNING", logger="spikeguide"):
+        threads.set_threads(3, trained_with=2)
+    assert "resuming with 3 torch threads (train.threads); the run trained with 2" in caplog.text
+
+
+def test_the_checkpoint_and_the_config_header_record_the_threads(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cfg = parse_config(tiny_config(tmp_path, train={"epochs": 1, "threads": 2}))
+    train(cfg, max_steps=1)
+    assert torch.load(cfg.run_dir / "latest.pt", weights_only=True)["threads"] == 2
+    assert "# torch threads: 2\n" in (cfg.run_dir / "config.toml").read_text()
+    cfg.train.threads = 0  # auto: the resume takes the checkpoint's 2 whatever is idle now
+    monkeypatch.setattr(threads, "choose_threads",
+                        lambda requested, trained_with: threads.ThreadChoice(trained_with, "x"))
+    train(cfg, resume=True)
+    assert torch.get_num_threads() == 2

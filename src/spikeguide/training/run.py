@@ -77,7 +77,10 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     if dist.is_main:
         prepare_run_dir(cfg, resume, overwrite)
     ensure_teacher(cfg)
-    set_threads(cfg.train.threads)  # after the teacher's run, which chose its own
+    # after the teacher's run, which chose its own; a resumed run keeps the count it trained with
+    trained_with = (load_checkpoint(cfg.run_dir / "latest.pt", mmap=True).get("threads")
+                    if resume else None)
+    set_threads(cfg.train.threads, trained_with)
     if not dist.is_main:  # rank 0 decodes and caches the data first, the others then read it
         barrier(dist)
     train_set, test_set = build_datasets(cfg, device)

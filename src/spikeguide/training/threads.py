@@ -37,13 +37,20 @@ class ThreadChoice:
     reason: str
 
 
-def choose_threads(requested: int = 0) -> ThreadChoice:
-    """The thread count for this process and why (see the module docstring)."""
+def choose_threads(requested: int = 0, trained_with: int | None = None) -> ThreadChoice:
+    """The thread count for this process and why (see the module docstring).
+
+    ``trained_with``: the count a resumed run trained with; it is kept unless one is set
+    explicitly, because the thread count changes the order of float additions, and a resumed run
+    is bit-identical to an uninterrupted one only with the same count.
+    """
     if requested > 0:
         return ThreadChoice(requested, "train.threads")
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return ThreadChoice(int(env), "OMP_NUM_THREADS")
+    if trained_with is not None:
+        return ThreadChoice(trained_with, "the count the resumed run trained with")
     cpus = affinity_cpus()
     usable, why = float(len(cpus)), [f"{len(cpus)} CPU(s) in this process's affinity"]
     quota = cgroup_cpu_limit()
@@ -61,9 +68,14 @@ def choose_threads(requested: int = 0) -> ThreadChoice:
     return ThreadChoice(max(1, math.floor(usable)), ", ".join(why))
 
 
-def set_threads(requested: int = 0) -> ThreadChoice:
-    """Choose the thread count, set it for torch and log the choice."""
-    choice = choose_threads(requested)
+def set_threads(requested: int = 0, trained_with: int | None = None) -> ThreadChoice:
+    """Choose the thread count, set it for torch and log the choice; a resumed run that now
+    takes another count than it trained with is warned that it will not be bit-identical."""
+    choice = choose_threads(requested, trained_with)
     torch.set_num_threads(choice.threads)
     log.info("torch threads: %d (%s)", choice.threads, choice.reason)
+    if trained_with is not None and choice.threads != trained_with:
+        log.warning("resuming with %d torch threads (%s); the run trained with %d: floats add up "
+                    "in another order, so it will not continue bit-identically", choice.threads,
+                    choice.reason, trained_with)
     return choice

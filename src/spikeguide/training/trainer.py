@@ -140,6 +140,7 @@ class Trainer:
             "best_top1": self.best_top1,
             "epoch_stats": dict(self.epoch_stats),
             "elapsed_s": self.elapsed(),
+            "threads": torch.get_num_threads(),  # a resume takes the same (float addition order)
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -163,7 +164,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         header = "# resolved config of this run; data as loaded:\n" + "".join(
             f"#   {split}: {json.dumps(self.data_info[split])}\n" for split in ("train", "test")
-        )
+        ) + f"# torch threads: {torch.get_num_threads()}\n"
         (self.run_dir / "config.toml").write_text(header + dump_toml(self.cfg))
 
     # ---------------------------------------------------------------- training
