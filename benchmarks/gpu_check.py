@@ -10,8 +10,8 @@ listed as left out for lack of time; time a section leaves goes to the training,
    spikeguide's backends against SpikingJelly 2.0.0, fp32 and bf16 autocast, channels_last on and
    off; one LIF layer alone;
 4. memory: peak memory and step time of bptt, ratebp and hybrid at T = 1, 2, 4, 8;
-6. input pipeline: decoding the CIFAR-10 JPEG copy, images/s of the loaders;
-5. training: an ANN resnet20 teacher, then an EnOF student at T = 2, each for as many epochs as fit.
+5. input pipeline: decoding the CIFAR-10 JPEG copy, images/s of both loaders;
+6. training: an ANN resnet20 teacher, then an EnOF student at T = 2, each for as many epochs as fit.
 
 It writes ``gpu.md``, ``gpu_check.json``, ``gpu_check.log`` and the two runs' ``metrics.jsonl``
 into ``--out`` and prints the summary and the recommended ``auto`` backend last. Exit status 1
@@ -61,8 +61,8 @@ SECTIONS: dict[str, tuple[str, float | None, Callable]] = {
     "correctness": ("2. Correctness on the device", 0.17, correctness.run),
     "speed": ("3. Speed against SpikingJelly", 0.24, speed.run),
     "memory": ("4. Memory and time of a step", 0.10, memory.run),
-    "pipeline": ("6. Input pipeline", 0.05, pipeline.run),
-    "training": ("5. Training on CIFAR-10", None, training.run),
+    "pipeline": ("5. Input pipeline", 0.05, pipeline.run),
+    "training": ("6. Training on CIFAR-10", None, training.run),
 }
 RESERVE_S = 10.0  # kept at the end for writing the results
 OUTPUTS = ("gpu.md", "gpu_check.json", "gpu_check.log", *training.METRICS_FILES)

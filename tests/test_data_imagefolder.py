@@ -140,3 +140,15 @@ def test_unwritable_cache_warns_and_still_loads(folder, tmp_path):
     with pytest.warns(UserWarning, match="could not write the data cache"):
         ds = build_dataset("imagefolder", folder, "train", workers=1, cache_dir=blocker)
     assert len(ds) == 3
+
+
+def test_splits_with_other_class_folders_are_refused(folder, tmp_path):
+    from spikeguide.config import parse_config
+    from spikeguide.training.build import build_datasets
+
+    save(folder / "val" / "bird" / "7.png", pixels(6))  # a class the train split lacks
+    cfg = parse_config({"data": {"name": "imagefolder", "root": str(folder),
+                                 "options": {"workers": 1, "cache_dir": str(tmp_path / "c")}}})
+    with pytest.raises(SpikeguideError, match=r"the train and test splits have different classes "
+                                              r"\(2 and 3; first difference: bird\)"):
+        build_datasets(cfg)

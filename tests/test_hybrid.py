@@ -86,6 +86,11 @@ def test_mappings_start_as_identity_convolutions_and_checkpoint_round_trips():
     state = {k: v + 1 if v.is_floating_point() else v for k, v in method.own_state_dict().items()}
     other.load_own_state_dict(state)
     assert all(torch.equal(v, other.own_state_dict()[k]) for k, v in state.items())
+    fewer = Hybrid(copy.deepcopy(student), Hybrid.Options(cuts=[1]), teacher=teacher)
+    with pytest.raises(SpikeguideError, match="the checkpoint's state of method 'hybrid' does not "
+                                              "fit this one \\('mappings.3.0.weight' differs\\): "
+                                              "was the run trained with other method options"):
+        fewer.load_own_state_dict(state)  # a resume with other cuts
 
 
 @pytest.mark.parametrize("cuts", [[], [0], [2, 1], [4], [1, 1]])

@@ -112,6 +112,9 @@ def test_a_plif_twin_loads_ann_weights_but_nothing_else_that_only_one_side_has()
     assert all(torch.equal(plif.state_dict()[k], v) for k, v in ann.items())
     with pytest.raises(SpikeguideError, match="another architecture"):
         checked_weights(plif, ann, "an ANN checkpoint")  # not as a twin: every key must match
+    back = create_model("resnet20", spiking=False, **SMALL)
+    load_twin_weights(back, plif.state_dict())  # and back: the decays have no place in the ANN
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in ann.items())
     ann["extra.weight"] = torch.zeros(1)
     with pytest.raises(SpikeguideError, match="'extra.weight' is in only one of them"):
         load_twin_weights(plif, ann)

@@ -194,3 +194,18 @@ def test_an_unknown_nonlinear_layer_is_refused():
     model.stem.add_module("gelu", nn.GELU())
     with pytest.raises(SpikeguideError, match="GELU"):
         RateRecorder(model)
+
+
+@pytest.mark.parametrize("method", ["ratebp", "hybrid"])
+def test_rate_methods_freeze_the_neurons_own_parameters(method):
+    # no gradient ever reaches them, so data-parallel training must not wait for one
+    from spikeguide.methods import METHODS
+
+    model, x = small("resnet19", T=2, neuron="plif")
+    teacher = (create_model("resnet19", spiking=False, width=0.125).double() if method == "hybrid"
+               else None)
+    built = METHODS.get(method)(model, teacher=teacher).double()  # mappings made in float
+    decays = [p for n, p in model.named_parameters() if n.endswith("decay_logit")]
+    assert decays and not any(p.requires_grad for p in decays)
+    assert all(p.requires_grad for n, p in model.named_parameters() if "decay_logit" not in n)
+    built.training_step(x, torch.zeros(len(x), dtype=torch.long)).loss.backward()

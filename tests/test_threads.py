@@ -92,14 +92,22 @@ def test_a_resumed_run_keeps_the_count_it_trained_with(four_cpus, monkeypatch, c
     assert "resuming with 3 torch threads (train.threads); the run trained with 2" in caplog.text
 
 
-def test_the_checkpoint_and_the_config_header_record_the_threads(tmp_path, monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+def test_the_checkpoint_and_the_config_header_record_the_threads(tmp_path, four_cpus,
+                                                                monkeypatch):
     cfg = parse_config(tiny_config(tmp_path, train={"epochs": 1, "threads": 2}))
     train(cfg, max_steps=1)
     assert torch.load(cfg.run_dir / "latest.pt", weights_only=True)["threads"] == 2
     assert "# torch threads: 2\n" in (cfg.run_dir / "config.toml").read_text()
-    cfg.train.threads = 0  # auto: the resume takes the checkpoint's 2 whatever is idle now
-    monkeypatch.setattr(threads, "choose_threads",
-                        lambda requested, trained_with: threads.ThreadChoice(trained_with, "x"))
+    cfg.train.threads = 0  # auto now: with the CPUs busy it would take 1, the resume keeps 2
+    idle(monkeypatch, 0.2)
+    assert choose_threads().threads == 1
     train(cfg, resume=True)
     assert torch.get_num_threads() == 2
+
+
+def test_a_share_given_by_the_caller_ranks_below_a_resumed_runs_count(four_cpus, monkeypatch):
+    idle(monkeypatch, 4.0)
+    assert choose_threads(0, share=3) == threads.ThreadChoice(3, "this process's share of the CPUs")
+    assert choose_threads(0, trained_with=2, share=3).threads == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert choose_threads(0, trained_with=2, share=3).threads == 1

@@ -1,4 +1,4 @@
-"""Section 6 (run before the training, which reuses its decoded data): the input pipeline.
+"""Section 5 (before the training, which reuses its decoded data): the input pipeline.
 
 What is timed is what the Trainer runs per batch: its train loader and its augmentation (crop 4
 and flip, on the training device), built from a config through the public training API. The

@@ -1,4 +1,4 @@
-"""Section 5: real training on the CIFAR-10 JPEG copy, time-boxed by the check itself.
+"""Section 6: real training on the CIFAR-10 JPEG copy, time-boxed by the check itself.
 
 The ANN teacher is ``recipes/ann_resnet20_cifar10.toml`` and the EnOF student (LAF + RepAct)
 ``recipes/enof_resnet20_cifar10.toml``, both trained through the public training API with the

@@ -51,8 +51,11 @@ def affinity_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
-def usable_cores() -> int:
-    return len(affinity_cpus())
+def usable_cpus() -> int:
+    """Whole CPUs this process may use: its affinity, capped by a container's CPU quota."""
+    quota = cgroup_cpu_limit()
+    cpus = len(affinity_cpus())
+    return max(1, int(min(cpus, quota)) if quota is not None else cpus)
 
 
 def cgroup_cpu_limit(root: Path = CGROUP_ROOT, membership: str | None = None) -> float | None:

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from ..errors import SpikeguideError
 from ..models.base import in_mode
 from ..neurons import is_spiking
-from .scoring import count_spikes
+from ..training.scoring import count_spikes
 
 E_AC = 0.9  # pJ per accumulate
 E_MAC = 4.6  # pJ per multiply-accumulate

@@ -36,7 +36,7 @@ from ..data import Augment, Dataset, make_loader
 from ..errors import SpikeguideError
 from ..models.base import in_mode
 from ..neurons import SURROGATES, Surrogate, get_surrogate, is_spiking
-from .scoring import count_spikes
+from ..training.scoring import count_spikes
 
 FLAG_FACTOR = 10.0
 SWEEP_KEYS = ("surrogate.width", "surrogate.steepness")  # steepness k = 1 / width

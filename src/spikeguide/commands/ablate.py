@@ -192,23 +192,26 @@ def shared_teacher(base: Config, source: str) -> dict[str, Any]:
     return score_teacher(base, teacher, source, build_test_set(base))
 
 
-def train_cell(cfg: Config, teacher_record: dict[str, Any]) -> tuple[bool, float]:
+def train_cell(cfg: Config, teacher_record: dict[str, Any],
+               threads_share: int | None = None) -> tuple[bool, float]:
     """Train (or skip) one cell; returns whether it trained and the seconds it took."""
     start = time.monotonic()
-    trained = ensure_trained(cfg, teacher_record=teacher_record)
+    trained = ensure_trained(cfg, teacher_record=teacher_record, threads_share=threads_share)
     return trained, time.monotonic() - start
 
 
-_stop_event = None  # in a jobs > 1 worker: set by the main process once a signal stops the ablation
+# in a jobs > 1 worker: set by the main process once a signal stops the ablation, and the
+# worker's share of the threads
+_stop_event = None
+_threads_share: int | None = None
 
 
 def init_worker(threads: int, log_level: int, stop_event) -> None:
     """A ``jobs > 1`` worker process: its share of the threads and the command's logging. It
     ignores SIGINT/SIGTERM between cells; while a cell trains, the Trainer's own handlers
     checkpoint and stop it (the main process forwards the signal)."""
-    global _stop_event
-    _stop_event = stop_event
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # what each cell's training then keeps
+    global _stop_event, _threads_share
+    _stop_event, _threads_share = stop_event, threads
     torch.set_num_threads(threads)
     logging.basicConfig(level=log_level, format="%(message)s", stream=sys.stderr)
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -220,7 +223,7 @@ def train_cell_in_worker(cfg: Config, teacher_record: dict[str, Any]) -> tuple[b
     if _stop_event.is_set():
         raise TrainingStopped(f"{str(cfg.run_dir)!r} not started: the ablation was stopped",
                               signal.SIGTERM)
-    return train_cell(cfg, teacher_record)
+    return train_cell(cfg, teacher_record, _threads_share)
 
 
 @contextmanager

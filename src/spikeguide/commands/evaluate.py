@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Sequence
 
 from ..analysis.activity import ActivityReport, activity_report, plot_firing_rates
-from ..analysis.scoring import Scores, score_model
 from ..config import Config
 from ..data.loader import normalized_batches
 from ..errors import SpikeguideError
 from ..models import SpikingNet
-from ..training.build import build_test_set, load_model
+from ..training.build import build_test_set, check_frames, load_model
 from ..training.checkpoint import find_checkpoint
 from ..training.distributed import resolve_device
+from ..training.scoring import Scores, score_model
 
 # What ``spikeguide eval --set`` may change: properties of the evaluation (the model is rebuilt
 # with them and gets the run's weights). Anything else would change the trained model or its data,
@@ -49,12 +49,15 @@ def evaluate_run(path: str | Path, overrides: Sequence[str] = (), prefer: str = 
     model, cfg, _ = load_model(path, prefer, overrides)
     device = resolve_device(cfg.train.device)
     test_set = build_test_set(cfg, device)
+    check_frames(cfg, test_set)  # event data: model.T must be its frame count
     model = model.to(device)
     scores = score_model(model, normalized_batches(test_set, cfg.data.eval_batch_size, device))
     activity = plot = None
     if model.spiking:
         batches = normalized_batches(test_set, cfg.data.eval_batch_size, device)
         activity = activity_report(model, batches, max_batches=energy_batches)
-        plot = find_checkpoint(path, prefer).parent / "firing_rate_per_layer.png"
+        # an evaluation with overrides gets its own plot beside the run's
+        suffix = "".join(f"_{item.replace('=', '-')}" for item in overrides)
+        plot = find_checkpoint(path, prefer).parent / f"firing_rate_per_layer{suffix}.png"
         plot_firing_rates(activity, plot)
     return Evaluation(model, cfg, scores, activity, plot)

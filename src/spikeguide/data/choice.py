@@ -19,6 +19,8 @@ from .imagefiles import ImageFiles
 from .registry import Dataset
 
 LOADERS = ("auto", "memory", "stream")
+RANDOM_CROP_NEEDS_STREAM = ("augment.random_resized_crop crops the source images, which the "
+                            "in-memory loader does not keep: set data.loader = 'stream' or 'auto'")
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,7 @@ def choose_loader(requested: str, datasets: list[Dataset], *, random_crop: bool,
                                   "image folders stream); set data.loader = 'auto' or 'memory'")
         return LoaderChoice("memory", f"{name} is read whole into memory (no streaming form)")
     if random_crop and requested == "memory":
-        raise SpikeguideError(
-            "augment.random_resized_crop crops the source images, which the in-memory "
-            "loader does not keep: set data.loader = 'stream' or 'auto'"
-        )
+        raise SpikeguideError(RANDOM_CROP_NEEDS_STREAM)
     if requested != "auto":
         return LoaderChoice(requested, f"data.loader = {requested!r}")
     if random_crop:

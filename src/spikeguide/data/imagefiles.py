@@ -18,7 +18,14 @@ import torch
 from ..errors import SpikeguideError
 from .base import ArrayDataset, stratified_indices, subset_info
 from .cache import ArrayCache, file_manifest
-from .decode import CorruptImageError, RandomResizedCrop, image_size, load_image, resized_size
+from .decode import (
+    CorruptImageError,
+    RandomResizedCrop,
+    image_size,
+    load_image,
+    resized_size,
+    resolve_decoder,
+)
 from .parallel import parallel_imap
 
 log = logging.getLogger("spikeguide")
@@ -113,7 +120,7 @@ class ImageFiles:
         """The whole split in memory, decoded in ``workers`` processes and cached while its
         files are unchanged; corrupt files as in :meth:`read_or_replace`."""
         key = {"root": str(self.folder.resolve()), "resize": self.resize, "crop": self.crop,
-               "mode": self.mode}
+               "mode": self.mode, "decoder": resolve_decoder(self.decoder)}
         if "subset" in self.info:
             key["subset"] = self.info["subset"]
         files = [self.path(i) for i in range(len(self))]

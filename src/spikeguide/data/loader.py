@@ -15,6 +15,7 @@ import torch
 from ..errors import SpikeguideError
 from .augment import Augment
 from .base import ArrayDataset
+from .choice import RANDOM_CROP_NEEDS_STREAM
 from .decode import RandomResizedCrop
 from .order import BatchOrder, mix_seed
 from .registry import Dataset
@@ -55,10 +56,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: 
                    world_size=world_size)
     if isinstance(dataset, ArrayDataset):
         if random_crop is not None:
-            raise SpikeguideError(
-                "augment.random_resized_crop crops the source images, which the in-memory "
-                "loader does not keep: set data.loader = 'stream' or 'auto'"
-            )
+            raise SpikeguideError(RANDOM_CROP_NEEDS_STREAM)
         return InMemoryLoader(dataset, batch_size, **options)
     return StreamLoader(dataset, batch_size, random_crop=random_crop, **options)
 

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterator, Sequence, TypeVar
+
+from ..machine import usable_cpus
 
 A = TypeVar("A")
 R = TypeVar("R")
 
 
 def parallel_imap(fn: Callable[[A], R], items: Sequence[A], workers: int | None) -> Iterator[R]:
-    """``fn`` over ``items`` in order, in ``workers`` processes (default: os.cpu_count()).
+    """``fn`` over ``items`` in order, in ``workers`` processes (default: the CPUs this process
+    may use, :func:`spikeguide.machine.usable_cpus`).
 
     Results arrive lazily, so a caller filling a preallocated array never holds them all.
     ``fn`` must be a module-level function; with ``workers <= 1`` it runs in this process.
     """
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = usable_cpus() if workers is None else workers
     if workers <= 1 or len(items) <= 1:
         yield from map(fn, items)
         return

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import SpikeguideError
-from ..machine import local_processes, usable_cores
+from ..machine import local_processes, usable_cpus
 from .decode import RandomResizedCrop
 from .imagefiles import ImageFiles
 from .order import BatchOrder, mix_seed
@@ -31,7 +31,7 @@ MAX_DEFAULT_WORKERS = 8
 def default_workers() -> int:
     """This process's share of the usable cores (torchrun may start several on the machine),
     at most ``MAX_DEFAULT_WORKERS``."""
-    return max(1, min(MAX_DEFAULT_WORKERS, usable_cores() // local_processes()))
+    return max(1, min(MAX_DEFAULT_WORKERS, usable_cpus() // local_processes()))
 
 
 def isolate_worker(worker_id: int) -> None:
@@ -72,8 +72,7 @@ class BatchReader(torch.utils.data.Dataset):
 
     def _stack(self, images: list[np.ndarray], indices: list[int]) -> torch.Tensor:
         if not images:  # a rank's empty slice of a short last batch
-            c, crop = self.files.in_channels, self.files.crop or 0
-            return torch.empty(0, c, crop, crop, dtype=torch.uint8)
+            return torch.empty(0, *self.files.frame_shape, dtype=torch.uint8)
         out = np.empty((len(images), *images[0].shape), np.uint8)
         for k, image in enumerate(images):
             if image.shape != out.shape[1:]:

@@ -90,10 +90,17 @@ class Method(nn.Module):
                 if not k.startswith(("student.", "teacher."))}
 
     def load_own_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith(("student.", "teacher."))]
-        if missing or unexpected:
-            raise RuntimeError(f"method state mismatch: missing {missing}, unexpected {unexpected}")
+        """Load the method's own modules from a checkpoint; one that does not fit them (saved
+        with other method options, e.g. other hybrid cuts) is a one-line error."""
+        own = self.own_state_dict()
+        differ = sorted(own.keys() ^ state.keys()) + sorted(
+            k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+        if differ:
+            raise SpikeguideError(
+                f"the checkpoint's state of method {self.name or type(self).__name__!r} does not "
+                f"fit this one ({differ[0]!r} differs): was the run trained with other method "
+                "options? Resume with the run's own config.toml")
+        self.load_state_dict(state, strict=False)
 
 
 METHODS: Registry[type[Method]] = Registry("method")

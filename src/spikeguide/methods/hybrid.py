@@ -26,11 +26,10 @@ from torch import nn
 from ..errors import SpikeguideError
 from ..models import SpikingNet
 from ..models.layers import fold_apply
-from ..ratepass import check_model
 from .base import Method, StepResult, register_method
 from .losses import guidance_loss, kd_loss
 from .options import DistillOptions, LAFOptions, OptionGroup, RateOptions
-from .rate import rate_outputs, scale_loss_gradient
+from .rate import prepare_student, rate_outputs, scale_loss_gradient
 
 
 @dataclass
@@ -90,7 +89,7 @@ class Hybrid(Method):
 
     def __init__(self, student: SpikingNet, options=None, **kw):
         super().__init__(student, options, **kw)
-        check_model(student)  # an unsupported layer or neuron fails now, not at the first step
+        prepare_student(student)
         self.cuts = check_cuts(self.options.cuts, len(student.stages))
         student_channels = declared_stage_channels(student, "student")
         if declared_stage_channels(self.teacher, "teacher") != student_channels:

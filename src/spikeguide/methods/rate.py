@@ -6,10 +6,22 @@ from __future__ import annotations
 import torch
 
 from ..models import ModelOutput
-from ..ratepass import rate_forward
+from ..neurons import is_spiking
+from ..ratepass import check_model, rate_forward
 from ..ratepass.passes import time_steps
 from .base import Method
 from .options import RateOptions
+
+
+def prepare_student(student: torch.nn.Module) -> None:
+    """Refuse now, not at the first step, a model rate-based BP cannot train (``check_model``),
+    and freeze the neurons' own parameters (a PLIF's decay): the rate pass gives them no
+    gradient, so they keep their values, and data-parallel training does not wait for gradients
+    that never come."""
+    check_model(student)
+    for module in student.modules():
+        if is_spiking(module):
+            module.requires_grad_(False)
 
 
 def rate_outputs(method: Method, x: torch.Tensor, return_stages: bool = False

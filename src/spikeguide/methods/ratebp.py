@@ -16,11 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ratepass import check_model
 from .base import Method, StepResult, register_method
 from .losses import guidance_loss
 from .options import DistillOptions, LAFOptions, RateOptions
-from .rate import rate_outputs, scale_loss_gradient
+from .rate import prepare_student, rate_outputs, scale_loss_gradient
 
 
 @dataclass
@@ -39,7 +38,7 @@ class RateBP(Method):
 
     def __init__(self, student, options=None, **kw):
         super().__init__(student, options, **kw)
-        check_model(student)  # an unsupported layer or neuron fails now, not at the first step
+        prepare_student(student)
 
     def training_step(self, x, y) -> StepResult:
         out, target = rate_outputs(self, x)

@@ -83,11 +83,16 @@ def checked_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], sourc
     that only one side has (a PLIF's learnable decay) are left out instead.
     """
     own = model.state_dict()
-    neuron_prefixes = tuple(f"{n}." for n, m in model.named_modules() if is_spiking(m))
+    modules = dict(model.named_modules())
+
+    def neuron_own(key: str) -> bool:
+        """The key belongs to a neuron here, or to the neuron whose place ReLU takes in an ANN."""
+        module = modules.get(key.rpartition(".")[0])
+        return is_spiking(module) or isinstance(module, nn.ReLU)
+
     only_state = [k for k in state_dict if k not in own]
-    skipped = [k for k in only_state if twin and k.rsplit(".", 1)[-1] == "decay_logit"]
-    unmatched = ([k for k in own if k not in state_dict
-                  and not (twin and k.startswith(neuron_prefixes))]
+    skipped = [k for k in only_state if twin and neuron_own(k)]
+    unmatched = ([k for k in own if k not in state_dict and not (twin and neuron_own(k))]
                  + [k for k in only_state if k not in skipped])
     if unmatched:
         raise SpikeguideError(f"{source} holds weights of another architecture: {unmatched[0]!r} "

@@ -31,6 +31,7 @@ def build_splits(cfg: Config, splits: tuple[str, ...], device: torch.device | No
         dataset = open_dataset(d.name, d.root, split, **d.options)
         datasets.append(dataset.subset(subsets[split], seed=cfg.train.seed)
                         if subsets[split] else dataset)
+    check_same_classes(datasets, splits)
     choice = choose_loader(d.loader, datasets,
                            random_crop=d.augment.random_resized_crop and "train" in splits,
                            device=device or resolve_device(cfg.train.device),
@@ -41,6 +42,19 @@ def build_splits(cfg: Config, splits: tuple[str, ...], device: torch.device | No
     for dataset in datasets:
         dataset.info = {**dataset.info, "loader": choice.kind, "loader_reason": choice.reason}
     return datasets
+
+
+def check_same_classes(datasets: list[Dataset], splits: tuple[str, ...]) -> None:
+    """The splits number the same classes the same way (class folders, say, where a split that
+    lacks a folder would shift every label after it)."""
+    first = datasets[0].classes
+    for split, dataset in zip(splits[1:], datasets[1:]):
+        if dataset.classes != first:
+            differ = sorted(set(first) ^ set(dataset.classes)) or ["(the same names in another order)"]
+            raise SpikeguideError(
+                f"the {splits[0]} and {split} splits have different classes ({len(first)} and "
+                f"{len(dataset.classes)}; first difference: {differ[0]}): every split needs the "
+                "same class folders")
 
 
 def build_test_set(cfg: Config, device: torch.device | None = None) -> Dataset:

@@ -22,7 +22,14 @@ from ..models import checked_weights, load_twin_weights
 from ..neurons.kernels import empty_cache
 from .build import build_datasets, build_model
 from .checkpoint import load_checkpoint
-from .distributed import barrier, barrier_if_joined, init_distributed, local_device, resolve_device
+from .distributed import (
+    DistInfo,
+    barrier,
+    barrier_if_joined,
+    init_distributed,
+    local_device,
+    resolve_device,
+)
 from .teacher import prepare_teacher, recorded_teacher_top1, teacher_config
 from .threads import set_threads
 from .trainer import Trainer, TrainSummary
@@ -47,7 +54,10 @@ def build_method(cfg: Config, train_set: Dataset, test_set: Dataset | None = Non
                       label_smoothing=cfg.train.label_smoothing)
 
 
-def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> None:
+def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, dist: DistInfo) -> None:
+    """Every process checks the run directory, so that a mistake stops all of them with the same
+    line (under torchrun, one process failing alone would leave the others waiting at the next
+    barrier); the first process removes an overwritten run."""
     run_dir = cfg.run_dir
     has_ckpt = (run_dir / "latest.pt").exists()
     if resume and not has_ckpt:
@@ -58,29 +68,33 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> None:
                 f"run directory {str(run_dir)!r} already holds a run: pass --resume to continue "
                 "it, --overwrite to start over, or --set name=OTHER"
             )
-        shutil.rmtree(run_dir)
+        if dist.is_main:
+            shutil.rmtree(run_dir)
+    barrier(dist)
 
 
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
-          max_steps: int | None = None, teacher_record: dict[str, Any] | None = None
-          ) -> TrainSummary:
-    """Train the run ``cfg`` describes.
+          max_steps: int | None = None, teacher_record: dict[str, Any] | None = None,
+          threads_share: int | None = None) -> TrainSummary:
+    """Train the run ``cfg`` describes. Sets torch's thread count for this process
+    (``training/threads.py``).
 
     ``teacher_record``: the teacher's test record when the caller has already evaluated it
-    (an ablation's cells share one), so that it is not evaluated again.
+    (an ablation's cells share one), so that it is not evaluated again. ``threads_share``: the
+    threads a caller that divides the CPUs between processes gives this one (``ablate --jobs``);
+    ``train.threads``, ``OMP_NUM_THREADS`` and a resumed run's own count come first.
 
     Under torchrun every process calls this; rank 0 alone prepares the run directory.
     """
     device = resolve_device(cfg.train.device)
     dist = init_distributed(device)
     device = local_device(device, dist)
-    if dist.is_main:
-        prepare_run_dir(cfg, resume, overwrite)
+    prepare_run_dir(cfg, resume, overwrite, dist)
     ensure_teacher(cfg)
     # after the teacher's run, which chose its own; a resumed run keeps the count it trained with
     trained_with = (load_checkpoint(cfg.run_dir / "latest.pt", mmap=True).get("threads")
                     if resume else None)
-    set_threads(cfg.train.threads, trained_with)
+    set_threads(cfg.train.threads, trained_with, threads_share)
     if not dist.is_main:  # rank 0 decodes and caches the data first, the others then read it
         barrier(dist)
     train_set, test_set = build_datasets(cfg, device)

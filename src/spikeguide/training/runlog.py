@@ -10,8 +10,8 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
-from ..analysis.scoring import Scores
 from ..errors import SpikeguideError
+from .scoring import Scores
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..analysis.scoring import score_model
 from ..config import Config, load_config
 from ..data import Dataset
 from ..data.loader import normalized_batches
@@ -31,6 +30,7 @@ from ..errors import SpikeguideError
 from ..models import SpikingNet
 from .build import load_model
 from .distributed import resolve_device
+from .scoring import score_model
 
 log = logging.getLogger("spikeguide")
 

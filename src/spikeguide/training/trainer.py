@@ -26,7 +26,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..analysis.scoring import Scores, score_model
 from ..config import Config, dump_toml, to_dict
 from ..data import Augment, Dataset, make_loader
 from ..data.loader import mix_seed
@@ -36,6 +35,7 @@ from .checkpoint import FORMAT, save_checkpoint
 from .distributed import AMP_DTYPES, DistInfo, all_reduce_sum, convert_sync_batchnorm
 from .optim import build_optimizer, lr_factor
 from .runlog import EpochRecord, RunLog, read_metrics
+from .scoring import Scores, score_model
 
 log = logging.getLogger("spikeguide")
 
@@ -58,7 +58,7 @@ class TrainSummary:
     last: EpochRecord | None  # the last finished epoch; None if stopped before the first ended
     stopped: StoppedAt | None = None
     run_dir: str = ""
-    teacher_top1: float | None = None  # the teacher's test top-1, for guided runs
+    teacher_top1: float | None = None  # the teacher's test top-1, for runs that use a teacher
 
 
 def firing_text(rate: float | None) -> str:

@@ -25,7 +25,7 @@ inline T reset_value(T h, T threshold, bool soft) {
   return soft ? h - threshold * s : h * (T(1) - s);
 }
 
-// Surrogate ids follow spikeguide.kernels.cpu.SURROGATE_IDS; -1 reads precomputed values.
+// Surrogate ids follow spikeguide.neurons.kernels.cpu.SURROGATE_IDS; -1 reads precomputed values.
 template <typename T>
 void surrogate(int sid, T width, const T* x_h, T threshold, const T* pre, T* out, int64_t n) {
   switch (sid) {
