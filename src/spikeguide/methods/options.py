@@ -50,7 +50,8 @@ class LAFOptions(OptionGroup):
     temperature and ``laf_lambda`` its weight beside cross-entropy. The EnOF paper does not state
     its values in the material we had; the defaults come from a sweep of tau in {1, 2, 4} and
     lambda in {0.5, 1, 2} at T = 1 on the CPU-scale recipe, three seeds each (docs/enof.md):
-    lambda 2 was best by about a point, tau 2 and 4 tied at it."""
+    lambda 2 was best by about a point, tau 2 and 4 tied at it. Weights 4 and 8 scored higher
+    still there; why the default stays at 2 is in docs/enof.md ("Past the grid's edge")."""
 
     laf: bool = True
     laf_tau: float = 4.0
