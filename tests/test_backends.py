@@ -242,3 +242,25 @@ def test_triton_kernels_compile_for_a_gpu_without_fma():
     done = subprocess.run([sys.executable, "-c", COMPILE_TRITON], env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+
+
+
+def test_auto_picks_triton_only_for_cuda_float32_where_triton_is_installed(monkeypatch):
+    from types import SimpleNamespace
+
+    from spikeguide.neurons import kernels
+
+    def on(device, dtype=torch.float32):  # the choice reads only .device.type and .dtype
+        return SimpleNamespace(device=torch.device(device), dtype=dtype)
+
+    real_find_spec = importlib.util.find_spec
+    installed = {"triton": True}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+        (object() if installed["triton"] else None) if name == "triton"
+        else real_find_spec(name, *a)))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert kernels._auto_runs_here("triton", on("cuda"), kernels.LIFSpec)
+    assert not kernels._auto_runs_here("triton", on("cuda", torch.float64), kernels.LIFSpec)
+    assert not kernels._auto_runs_here("triton", on("cpu"), kernels.LIFSpec)  # no interpreter
+    installed["triton"] = False
+    assert not kernels._auto_runs_here("triton", on("cuda"), kernels.LIFSpec)

@@ -16,11 +16,11 @@ any surrogate: the built-in ones are evaluated in the compiled kernels, another 
 * ``"triton"``: the same node with both loops as Triton kernels (:mod:`.triton_lif`); CUDA
   float32 tensors (other dtypes run ``"fused"``), needs ``pip install triton``. Its logic is
   tested in Triton's CPU interpreter (``TRITON_INTERPRET=1``, which also lets it run on CPU
-  tensors) and its compilation to PTX; it has not yet run on a GPU, so ``"auto"`` does not pick
-  it.
+  tensors) and on an H200 by ``benchmarks/gpu_check.py`` (results/gpu.md).
 * ``"auto"``: the fastest tested backend that runs the neuron's dynamics on the tensor:
-  ``"compiled"`` on CPU when the extension builds, otherwise ``"fused"``; ``"torch"`` for
-  dynamics no kernel runs.
+  ``"compiled"`` on CPU when the extension builds, ``"triton"`` for CUDA float32 tensors when
+  Triton is installed (1.63x ``"fused"`` on an H200, results/gpu.md), otherwise ``"fused"``;
+  ``"torch"`` for dynamics no kernel runs. Triton's CPU interpreter is never picked.
 
 Every backend gives bit-identical spikes; gradients agree to float rounding (tests/test_backends.py).
 """
@@ -41,7 +41,7 @@ from .pool import BufferPool
 from .spec import SUPPORT, KernelSupport, LIFSpec
 
 BACKENDS = ("auto", "torch", "fused", "compiled", "triton")
-AUTO_ORDER = ("compiled", "fused")  # "triton" has not run on a GPU yet: never picked by "auto"
+AUTO_ORDER = ("compiled", "triton", "fused")
 _TORCH_LOOPS = TorchLoops()
 _POOL = BufferPool()
 _CPP_LOOPS = cpu.CppLoops(_POOL)
@@ -70,12 +70,15 @@ def _devices(name: str) -> tuple[str, ...] | None:
     return devices
 
 
-def _runs_here(name: str, current: torch.Tensor, dynamics: type) -> bool:
-    support, devices = SUPPORT[name], _devices(name)
+def _auto_runs_here(name: str, current: torch.Tensor, dynamics: type) -> bool:
+    """Whether ``"auto"`` may pick ``name`` here: on its real devices (not Triton's interpreter),
+    its dtypes, and only where it is installed or builds."""
+    support = SUPPORT[name]
     return (support.runs(dynamics)
-            and (devices is None or current.device.type in devices)
+            and (support.devices is None or current.device.type in support.devices)
             and (support.dtypes is None or current.dtype in support.dtypes)
-            and (name != "compiled" or cpu.available()))
+            and (name != "compiled" or cpu.available())
+            and (name != "triton" or importlib.util.find_spec("triton") is not None))
 
 
 def resolve_backend(name: str, current: torch.Tensor, dynamics: type = LIFSpec) -> str:
@@ -88,7 +91,7 @@ def resolve_backend(name: str, current: torch.Tensor, dynamics: type = LIFSpec) 
     if name == "torch":
         return name
     if name == "auto":
-        return next((b for b in AUTO_ORDER if _runs_here(b, current, dynamics)), "torch")
+        return next((b for b in AUTO_ORDER if _auto_runs_here(b, current, dynamics)), "torch")
     if not SUPPORT[name].runs(dynamics):
         raise SpikeguideError(f"the {name!r} neuron backend does not run {dynamics.__name__} "
                               "dynamics; use 'auto' or 'torch'")
