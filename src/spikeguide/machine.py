@@ -112,4 +112,3 @@ def idle_cpus(cpus: list[int], seconds: float = SAMPLE_SECONDS) -> float | None:
         idle1, total1 = after.get(cpu, (idle0, total0))
         idle += (idle1 - idle0) / (total1 - total0) if total1 > total0 else 1.0
     return idle
-

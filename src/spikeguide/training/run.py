@@ -84,7 +84,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     threads a caller that divides the CPUs between processes gives this one (``ablate --jobs``);
     ``train.threads``, ``OMP_NUM_THREADS`` and a resumed run's own count come first.
 
-    Under torchrun every process calls this; rank 0 alone prepares the run directory.
+    Under torchrun every process calls this; each checks the run directory, rank 0 alone
+    removes an overwritten one.
     """
     device = resolve_device(cfg.train.device)
     dist = init_distributed(device)
