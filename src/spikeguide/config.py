@@ -128,6 +128,8 @@ class TrainConfig:
     sync_batchnorm: bool = False  # with several processes: BN statistics over the global batch
     channels_last: bool = False  # NHWC image activations (faster convolutions; docs/speed.md)
     progress: bool = True  # progress bars (only shown on a terminal)
+    # read the loss, accuracy and finite-loss check off the device every N steps (docs/speed.md)
+    log_every: int = 50
     threads: int = 0  # torch threads; 0: the CPUs free to this process (training/threads.py)
 
 
@@ -346,7 +348,7 @@ def validate(cfg: Config) -> None:
             raise SpikeguideError(f"{key} must be one of {choices}, got {_get(cfg, key)!r}")
     for key, low in [("model.T", 1), ("train.epochs", 1), ("data.batch_size", 1),
                      ("data.eval_batch_size", 1), ("train.checkpoint_every", 0),
-                     ("train.threads", 0)]:
+                     ("train.threads", 0), ("train.log_every", 1)]:
         if _get(cfg, key) < low:
             raise SpikeguideError(f"{key} must be >= {low}, got {_get(cfg, key)}")
     for key in ("optim.lr", "model.width"):
