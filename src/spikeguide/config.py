@@ -23,6 +23,7 @@ from .errors import SpikeguideError
 from .methods import METHODS
 from .models import MODELS
 from .neurons import Surrogate, get_surrogate, neuron_factory, neuron_options
+from .training.cudagraph import CUDA_GRAPH
 from .training.distributed import AMP_DTYPES
 from .training.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_ON
 
@@ -130,6 +131,9 @@ class TrainConfig:
     progress: bool = True  # progress bars (only shown on a terminal)
     # read the loss, accuracy and finite-loss check off the device every N steps (docs/speed.md)
     log_every: int = 50
+    # capture the training step as a CUDA graph: auto | true | false (docs/speed.md; not yet
+    # run on a GPU, hence off by default)
+    cuda_graph: str = "false"
     threads: int = 0  # torch threads; 0: the CPUs free to this process (training/threads.py)
 
 
@@ -330,6 +334,7 @@ CHOICES = {
     "optim.weight_decay_on": WEIGHT_DECAY_ON,
     "data.loader": LOADERS,
     "train.amp": tuple(AMP_DTYPES),
+    "train.cuda_graph": CUDA_GRAPH,
 }
 
 

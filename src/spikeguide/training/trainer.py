@@ -32,6 +32,7 @@ from ..data.loader import mix_seed
 from ..errors import SpikeguideError
 from ..methods import Method
 from .checkpoint import FORMAT, save_checkpoint
+from .cudagraph import GraphedStep, use_cuda_graph
 from .distributed import AMP_DTYPES, DistInfo, all_reduce_sum, convert_sync_batchnorm
 from .meter import Reading, StepMeter
 from .optim import build_optimizer, lr_factor
@@ -112,6 +113,8 @@ class Trainer:
             lambda s: lr_factor(s, total, warmup, cfg.optim.schedule, min_ratio),
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16")
+        self.graphed = (GraphedStep(self._device_step, self.optimizer)
+                        if use_cuda_graph(cfg, device, method, dist, self.optimizer) else None)
         self.epoch = 0  # the epoch in progress (or next to start)
         self.step = 0  # batches of that epoch already trained
         self.global_step = 0
@@ -176,21 +179,25 @@ class Trainer:
 
     def _autocast(self):
         dtype = AMP_DTYPES[self.cfg.train.amp]
-        return nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+        if dtype is None:
+            return nullcontext()
+        # a CUDA graph replays casts, so autocast must not cache them across steps
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=self.graphed is None)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimizer step. Nothing here waits for the device: the loss, accuracy and finite
         check go to :attr:`meter`, read by :meth:`_read`."""
         gen = torch.Generator().manual_seed(mix_seed(self.cfg.train.seed, self.epoch, self.step))
         x = self.augment(x, gen, shard=(self.dist.rank, self.dist.world_size))
-        self._device_step(x, y)
+        (self.graphed or self._device_step)(x, y)
         self.scheduler.step()
         self.meter.seen += len(y)
         self.step += 1
         self.global_step += 1
 
     def _device_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Forward, backward, optimizer update and the meter's sums: device work only."""
+        """Forward, backward, optimizer update and the meter's sums: device work only (what
+        ``train.cuda_graph`` captures)."""
         with self._autocast():
             loss, logits = self.engine(x, y)
         self.optimizer.zero_grad(set_to_none=True)
