@@ -27,7 +27,6 @@ Every backend gives bit-identical spikes; gradients agree to float rounding (tes
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -36,31 +35,17 @@ import torch
 from ...errors import SpikeguideError
 from ..surrogates import Surrogate
 from . import cpu
-from .fused import TorchLoops, fused_lif
-from .pool import BufferPool
+from .ops import POOL, fused_lif
 from .spec import SUPPORT, KernelSupport, LIFSpec
 
 BACKENDS = ("auto", "torch", "fused", "compiled", "triton")
 AUTO_ORDER = ("compiled", "triton", "fused")
-_TORCH_LOOPS = TorchLoops()
-_POOL = BufferPool()
-_CPP_LOOPS = cpu.CppLoops(_POOL)
 
 
 def check_backend(name: str) -> str:
     if name not in BACKENDS:
         raise SpikeguideError(f"unknown neuron backend {name!r}; choose one of {', '.join(BACKENDS)}")
     return name
-
-
-@functools.cache
-def _triton_loops():
-    if importlib.util.find_spec("triton") is None:
-        raise SpikeguideError("the 'triton' neuron backend needs Triton: pip install triton "
-                              "(or use backend='auto')")
-    from .triton_lif import TritonLoops
-
-    return TritonLoops()
 
 
 def _devices(name: str) -> tuple[str, ...] | None:
@@ -109,13 +94,12 @@ def fused_forward(current: torch.Tensor, decay: float | torch.Tensor, threshold:
                   detach_reset: bool, surrogate: Surrogate, backend: str) -> torch.Tensor:
     """Spikes of the multi-step LIF over ``current`` ``[T, ...]`` on a resolved fused backend
     (``"fused"``, ``"compiled"`` or ``"triton"``)."""
-    impl = {"compiled": _CPP_LOOPS, "fused": _TORCH_LOOPS}.get(backend) or _triton_loops()
-    return fused_lif(current, decay, threshold, reset, detach_reset, surrogate, impl)
+    return fused_lif(current, decay, threshold, reset, detach_reset, surrogate, backend)
 
 
 def empty_cache() -> None:
     """Release the CPU buffers the ``compiled`` backend keeps for reuse (see :mod:`.pool`)."""
-    _POOL.clear()
+    POOL.clear()
 
 
 __all__ = ["BACKENDS", "SUPPORT", "KernelSupport", "LIFSpec", "check_backend", "empty_cache",
