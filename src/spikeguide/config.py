@@ -23,6 +23,7 @@ from .errors import SpikeguideError
 from .methods import METHODS
 from .models import MODELS
 from .neurons import Surrogate, get_surrogate, neuron_factory, neuron_options
+from .training.compile import COMPILE_MODES
 from .training.distributed import AMP_DTYPES
 from .training.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_ON
 
@@ -129,6 +130,7 @@ class TrainConfig:
     channels_last: bool = False  # NHWC image activations (faster convolutions; docs/speed.md)
     progress: bool = True  # progress bars (only shown on a terminal)
     threads: int = 0  # torch threads; 0: the CPUs free to this process (training/threads.py)
+    compile: str = "none"  # none | default | max-autotune | reduce-overhead (torch.compile's modes)
 
 
 @dataclass
@@ -328,6 +330,7 @@ CHOICES = {
     "optim.weight_decay_on": WEIGHT_DECAY_ON,
     "data.loader": LOADERS,
     "train.amp": tuple(AMP_DTYPES),
+    "train.compile": COMPILE_MODES,
 }
 
 

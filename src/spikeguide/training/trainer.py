@@ -32,6 +32,7 @@ from ..data.loader import mix_seed
 from ..errors import SpikeguideError
 from ..methods import Method
 from .checkpoint import FORMAT, save_checkpoint
+from .compile import compile_engine
 from .distributed import AMP_DTYPES, DistInfo, all_reduce_sum, convert_sync_batchnorm
 from .optim import build_optimizer, lr_factor
 from .runlog import EpochRecord, RunLog, read_metrics
@@ -88,6 +89,7 @@ class Trainer:
         self.engine = (DistributedDataParallel(method, device_ids=[device.index] if
                                                device.type == "cuda" else None)
                        if dist.enabled else method)
+        self.engine = compile_engine(self.engine, cfg.train.compile)
         self.run_dir = cfg.run_dir
         self.augment = Augment(**asdict(cfg.data.augment), mean=train_set.mean, std=train_set.std)
         # every process loads its slice of each global batch and augments it with its rows of

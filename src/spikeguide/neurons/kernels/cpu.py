@@ -42,6 +42,7 @@ def _build():
         return None, error
 
 
+@torch.compiler.assume_constant_result  # torch.compile: a constant, not a build to trace
 def available() -> bool:
     return _build()[0] is not None
 
