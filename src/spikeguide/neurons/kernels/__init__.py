@@ -14,15 +14,24 @@ any surrogate: the built-in ones are evaluated in the compiled kernels, another 
   CPU tensors of float32/float64 (other dtypes run the ``"fused"`` loops). Its large outputs are
   reused once nothing references them (:mod:`.pool`); :func:`empty_cache` releases them.
 * ``"triton"``: the same node with both loops as Triton kernels (:mod:`.triton_lif`); CUDA
-  float32 tensors (other dtypes run ``"fused"``), needs ``pip install triton``. Its logic is
-  tested in Triton's CPU interpreter (``TRITON_INTERPRET=1``, which also lets it run on CPU
-  tensors) and on an H200 by ``benchmarks/gpu_check.py`` (results/gpu.md).
+  float32, bfloat16 and float16 tensors (other dtypes run ``"fused"``), needs
+  ``pip install triton``. At bf16/fp16 the membrane and all arithmetic stay float32 in
+  registers; currents, spikes, the saved membrane and gradients are bf16/fp16 in memory. Its
+  logic is tested in Triton's CPU interpreter (``TRITON_INTERPRET=1``, which also lets it run on
+  CPU tensors) and compiled to PTX by the tests; float32 ran on an H200 in
+  ``benchmarks/gpu_check.py`` (results/gpu.md), bf16/fp16 speed on a GPU is not yet measured.
 * ``"auto"``: the fastest tested backend that runs the neuron's dynamics on the tensor:
-  ``"compiled"`` on CPU when the extension builds, ``"triton"`` for CUDA float32 tensors when
-  Triton is installed (1.63x ``"fused"`` on an H200, results/gpu.md), otherwise ``"fused"``;
-  ``"torch"`` for dynamics no kernel runs. Triton's CPU interpreter is never picked.
+  ``"compiled"`` on CPU when the extension builds, ``"triton"`` for CUDA float32, bf16 and fp16
+  tensors when Triton is installed (1.63x ``"fused"`` in float32 on an H200, results/gpu.md),
+  otherwise ``"fused"``; ``"torch"`` for dynamics no kernel runs. Triton's CPU interpreter is
+  never picked.
 
-Every backend gives bit-identical spikes; gradients agree to float rounding (tests/test_backends.py).
+Every backend is a ``torch.library`` custom op with a fake implementation (:mod:`.ops`), so
+``torch.compile(model, fullgraph=True)`` traces it (tests/test_compile.py). At the same dtype
+every backend gives bit-identical spikes and gradients that agree to float rounding
+(tests/test_backends.py); at bf16/fp16 ``"triton"``'s float32 membrane gives float32's spikes
+on the rounded currents, where ``"fused"``'s membrane rounds at every step
+(tests/test_triton_half.py).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Per layer, one kernel gives the spikes, the spike counts and the eligibility that the eager
 reference :func:`spikeguide.ratepass.eligibility.record_chunk` computes with about fifteen
 elementwise operations a step: ``record`` in ``lif_cpu.cpp`` on CPU (float32/float64) and
-:mod:`.triton_record` on CUDA (float32, with Triton installed). Everything else (other dtypes and
-devices, surrogates that are not built in) runs the eager loop, which stays the reference.
+:mod:`.triton_record` on CUDA (float32, bfloat16 or float16, the membrane float32 in registers;
+with Triton installed). Everything else (other dtypes and devices, surrogates that are not built
+in) runs the eager loop, which stays the reference.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from ..surrogates import Surrogate
 from . import cpu
 from .ops import count_dtype, lif_record
+from .spec import TRITON_DTYPES
 
 # The Triton recording kernel passed benchmarks/gpu_check.py's checks on an H200 (results/gpu.md),
 # where the eager loop took about 60 ms a layer; False sends CUDA back to the eager loop.
@@ -30,7 +32,7 @@ def record_backend(current: torch.Tensor, surrogate: Surrogate) -> str | None:
     if current.device.type == "cpu":
         return "compiled" if current.dtype in cpu.DTYPES and cpu.available() else None
     if (TRITON_RECORD_ON_CUDA and current.device.type == "cuda"
-            and current.dtype == torch.float32 and importlib.util.find_spec("triton") is not None):
+            and current.dtype in TRITON_DTYPES and importlib.util.find_spec("triton") is not None):
         return "triton"
     return None
 
