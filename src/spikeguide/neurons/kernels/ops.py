@@ -7,6 +7,10 @@ strides without running a kernel:
   multi-step LIF; its gradient is the op ``spikeguide::lif_backward`` (``register_autograd``);
 * ``spikeguide::lif_record``: the spiking pass of rate-based BP (spikes, counts, eligibility).
 
+Outside ``torch.compile`` the same implementations run directly (one ``autograd.Function``
+node), since the dispatcher's Python path cost about 0.6 ms per layer (forward and backward)
+on the 2-core development machine at load average 14.
+
 ``backend`` names the loops that run inside (``"fused"``, ``"compiled"`` or ``"triton"``). A
 learnable decay (PLIF) comes as ``decay_tensor`` and is read inside the op, so that the graph
 around it has no data-dependent Python float. The surrogate comes by its registered name and
@@ -21,6 +25,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ...errors import SpikeguideError
 from ..surrogates import SURROGATES, Surrogate
@@ -68,14 +73,35 @@ def _output_strides(current: Tensor) -> list[int]:
 
 # The neuron -----------------------------------------------------------------------------------
 
+def _forward_impl(current: Tensor, decay: float, decay_tensor: Tensor | None, threshold: float,
+                  soft: bool, save_h: bool, backend: str) -> tuple[Tensor, Tensor | None]:
+    rows, strides = as_rows(current)
+    spikes, h = loops(backend).forward(rows, _decay(decay, decay_tensor), threshold, soft, save_h)
+    return spikes.as_strided(current.shape, strides), h
+
+
+def _backward_impl(grad_spikes: Tensor, h: Tensor, decay: float, decay_tensor: Tensor | None,
+                   threshold: float, soft: bool, detach: bool, surrogate: str, width: float,
+                   strides: list[int], want_decay: bool, backend: str) -> tuple[Tensor, Tensor]:
+    shape = grad_spikes.shape
+    if list(grad_spikes.stride()) != strides:  # bring the gradient into the spikes' memory order
+        grad_spikes = torch.empty_strided(shape, strides, dtype=h.dtype,
+                                          device=h.device).copy_(grad_spikes)
+    grad, grad_decay = loops(backend).backward(
+        grad_spikes.as_strided(h.shape, (h.shape[1], 1)), h, _decay(decay, decay_tensor),
+        threshold, soft, detach, _surrogate(surrogate, width), want_decay)
+    grad_decay = (torch.as_tensor(grad_decay, dtype=torch.float64, device=h.device).reshape(())
+                  if want_decay else h.new_empty(0, dtype=torch.float64))
+    return grad.as_strided(shape, strides), grad_decay
+
+
 @torch.library.custom_op("spikeguide::lif_forward", mutates_args=())
 def lif_forward(current: Tensor, decay: float, decay_tensor: Optional[Tensor], threshold: float,
                 soft: bool, detach: bool, surrogate: str, width: float, save_h: bool,
                 backend: str) -> tuple[Tensor, Tensor]:
     """(spikes in the memory order of ``current``, ``h`` ``[T, N]`` or an empty tensor)."""
-    rows, strides = as_rows(current)
-    spikes, h = loops(backend).forward(rows, _decay(decay, decay_tensor), threshold, soft, save_h)
-    return spikes.as_strided(current.shape, strides), (h if save_h else current.new_empty(0))
+    spikes, h = _forward_impl(current, decay, decay_tensor, threshold, soft, save_h, backend)
+    return spikes, (h if save_h else current.new_empty(0))
 
 
 @lif_forward.register_fake
@@ -91,16 +117,8 @@ def lif_backward(grad_spikes: Tensor, h: Tensor, decay: float, decay_tensor: Opt
                  strides: list[int], want_decay: bool, backend: str) -> tuple[Tensor, Tensor]:
     """(dL/dcurrent in the spikes' memory order ``strides``, dL/ddecay as a float64 scalar or an
     empty tensor)."""
-    shape = grad_spikes.shape
-    if list(grad_spikes.stride()) != strides:  # bring the gradient into the spikes' memory order
-        grad_spikes = torch.empty_strided(shape, strides, dtype=h.dtype,
-                                          device=h.device).copy_(grad_spikes)
-    grad, grad_decay = loops(backend).backward(
-        grad_spikes.as_strided(h.shape, (h.shape[1], 1)), h, _decay(decay, decay_tensor),
-        threshold, soft, detach, _surrogate(surrogate, width), want_decay)
-    grad_decay = (torch.as_tensor(grad_decay, dtype=torch.float64, device=h.device).reshape(())
-                  if want_decay else h.new_empty(0, dtype=torch.float64))
-    return grad.as_strided(shape, strides), grad_decay
+    return _backward_impl(grad_spikes, h, decay, decay_tensor, threshold, soft, detach, surrogate,
+                          width, strides, want_decay, backend)
 
 
 @lif_backward.register_fake
@@ -110,44 +128,78 @@ def _(grad_spikes, h, decay, decay_tensor, threshold, soft, detach, surrogate, w
     return grad, h.new_empty(() if want_decay else (0,), dtype=torch.float64)
 
 
-def _setup_context(ctx, inputs, output):
-    current, decay, decay_tensor, threshold, soft, detach, surrogate, width, save_h, backend = inputs
-    ctx.save_for_backward(output[1], decay_tensor)
+def _save(ctx, current, h, decay, decay_tensor, threshold, soft, detach, surrogate, width,
+          backend) -> None:
+    ctx.save_for_backward(h, decay_tensor)
     ctx.args = (decay, threshold, soft, detach, surrogate, width)
     ctx.strides = _output_strides(current)
     ctx.backend = backend
 
 
-def _backward(ctx, grad_spikes, grad_h):
+def _grads(ctx, grad_spikes, backward) -> tuple[Tensor, Tensor | None]:
+    """(dL/dcurrent, dL/ddecay_tensor or None) by ``backward`` (the op or its implementation)."""
     h, decay_tensor = ctx.saved_tensors
     decay, threshold, soft, detach, surrogate, width = ctx.args
     want_decay = decay_tensor is not None and ctx.needs_input_grad[2]
-    grad, grad_decay = lif_backward(grad_spikes, h, decay, decay_tensor, threshold, soft, detach,
-                                    surrogate, width, ctx.strides, want_decay, ctx.backend)
-    if want_decay:
-        grad_decay = grad_decay.to(decay_tensor.dtype).reshape(decay_tensor.shape)
-    else:
-        grad_decay = None
+    grad, grad_decay = backward(grad_spikes, h, decay, decay_tensor, threshold, soft, detach,
+                                surrogate, width, ctx.strides, want_decay, ctx.backend)
+    if not want_decay:
+        return grad, None
+    return grad, grad_decay.to(decay_tensor.dtype).reshape(decay_tensor.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    current, decay, decay_tensor, threshold, soft, detach, surrogate, width, _, backend = inputs
+    _save(ctx, current, output[1], decay, decay_tensor, threshold, soft, detach, surrogate, width,
+          backend)
+
+
+def _backward(ctx, grad_spikes, grad_h):
+    grad, grad_decay = _grads(ctx, grad_spikes, lif_backward)
     return grad, None, grad_decay, None, None, None, None, None, None, None
 
 
 lif_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _EagerLIF(torch.autograd.Function):
+    """The op's node outside ``torch.compile``, without the dispatcher's Python overhead (see
+    the module docstring): the same implementation, called directly."""
+
+    @staticmethod
+    def forward(ctx, current, decay, decay_tensor, threshold, soft, detach, surrogate, width,
+                backend):
+        save = ctx.needs_input_grad[0] or ctx.needs_input_grad[2]
+        spikes, h = _forward_impl(current, decay, decay_tensor, threshold, soft, save, backend)
+        if save:
+            _save(ctx, current, h, decay, decay_tensor, threshold, soft, detach, surrogate, width,
+                  backend)
+        return spikes
+
+    @staticmethod
+    @once_differentiable  # the hand-derived backward is not itself differentiable
+    def backward(ctx, grad_spikes):
+        grad, grad_decay = _grads(ctx, grad_spikes, _backward_impl)
+        return grad, None, grad_decay, None, None, None, None, None, None
+
+
 def fused_lif(current: Tensor, decay: float | Tensor, threshold: float, reset: str,
               detach_reset: bool, surrogate: Surrogate, backend: str) -> Tensor:
-    """Spikes ``[T, ...]`` of the LIF over ``current`` ``[T, ...]`` on a fused backend; the
-    surrogate must be registered (:func:`surrogate_name`)."""
+    """Spikes ``[T, ...]`` of the LIF over ``current`` ``[T, ...]`` on a fused backend: the custom
+    op under ``torch.compile``, its implementation directly otherwise. The surrogate must be
+    registered (:func:`surrogate_name`)."""
     name = surrogate_name(surrogate)
     if name is None:
         raise SpikeguideError(f"the fused LIF kernels need a registered surrogate; "
                               f"{type(surrogate).__name__} is not in SURROGATES")
     decay_tensor = decay if isinstance(decay, Tensor) else None
-    value = 0.0 if decay_tensor is not None else float(decay)
+    args = (current, 0.0 if decay_tensor is not None else float(decay), decay_tensor,
+            float(threshold), reset == "soft", bool(detach_reset), name, float(surrogate.width))
+    if not torch.compiler.is_compiling():
+        return _EagerLIF.apply(*args, backend)
     save_h = torch.is_grad_enabled() and (current.requires_grad or (
         decay_tensor is not None and decay_tensor.requires_grad))
-    return lif_forward(current, value, decay_tensor, float(threshold), reset == "soft",
-                       bool(detach_reset), name, float(surrogate.width), save_h, backend)[0]
+    return lif_forward(*args, save_h, backend)[0]
 
 
 # The recording pass of rate-based BP ----------------------------------------------------------
@@ -165,12 +217,18 @@ def count_dtype(T: int) -> torch.dtype:
     return torch.uint8 if T < 256 else torch.int32
 
 
-@torch.library.custom_op("spikeguide::lif_record", mutates_args=())
-def lif_record(current: Tensor, decay: float, decay_tensor: Optional[Tensor], threshold: float,
-               soft: bool, detach: bool, sid: int, width: float,
-               backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(spikes ``[T, ...]``, spike counts ``[...]``, eligibility ``[...]``) in the memory order of
-    ``current``, by the C++ (``"compiled"``) or Triton recording kernel."""
+def record(current: Tensor, decay: float, decay_tensor: Tensor | None, threshold: float,
+           soft: bool, detach: bool, sid: int, width: float,
+           backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`lif_record`: the custom op under ``torch.compile``, its implementation directly
+    otherwise (without the dispatcher's Python overhead)."""
+    run = lif_record if torch.compiler.is_compiling() else _record_impl
+    return run(current, decay, decay_tensor, threshold, soft, detach, sid, width, backend)
+
+
+def _record_impl(current: Tensor, decay: float, decay_tensor: Tensor | None, threshold: float,
+                 soft: bool, detach: bool, sid: int, width: float,
+                 backend: str) -> tuple[Tensor, Tensor, Tensor]:
     rows, strides = as_rows(current)
     T, N = rows.shape
     spikes = torch.empty((T, N), dtype=current.dtype, device=current.device)
@@ -181,6 +239,15 @@ def lif_record(current: Tensor, decay: float, decay_tensor: Optional[Tensor], th
     shape = current.shape
     return (spikes.as_strided(shape, strides), counts.as_strided(shape[1:], strides[1:]),
             eligibility.as_strided(shape[1:], strides[1:]))
+
+
+@torch.library.custom_op("spikeguide::lif_record", mutates_args=())
+def lif_record(current: Tensor, decay: float, decay_tensor: Optional[Tensor], threshold: float,
+               soft: bool, detach: bool, sid: int, width: float,
+               backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(spikes ``[T, ...]``, spike counts ``[...]``, eligibility ``[...]``) in the memory order of
+    ``current``, by the C++ (``"compiled"``) or Triton recording kernel."""
+    return _record_impl(current, decay, decay_tensor, threshold, soft, detach, sid, width, backend)
 
 
 @lif_record.register_fake

@@ -16,7 +16,7 @@ import torch
 
 from ..surrogates import Surrogate
 from . import cpu
-from .ops import count_dtype, lif_record
+from .ops import count_dtype, record
 from .spec import TRITON_DTYPES
 
 # The Triton recording kernel passed benchmarks/gpu_check.py's checks on an H200 (results/gpu.md),
@@ -44,6 +44,6 @@ def fused_record(current: torch.Tensor, decay: float | torch.Tensor, threshold: 
     memory order of ``current`` (a static input broadcast over T is read in place); one call of
     the custom op ``spikeguide::lif_record`` (:mod:`.ops`)."""
     decay_tensor = decay if isinstance(decay, torch.Tensor) else None
-    return lif_record(current, 0.0 if decay_tensor is not None else float(decay), decay_tensor,
-                      float(threshold), reset == "soft", bool(detach_reset),
-                      cpu.SURROGATE_IDS[type(surrogate)], float(surrogate.width), backend)
+    return record(current, 0.0 if decay_tensor is not None else float(decay), decay_tensor,
+                  float(threshold), reset == "soft", bool(detach_reset),
+                  cpu.SURROGATE_IDS[type(surrogate)], float(surrogate.width), backend)
