@@ -297,7 +297,8 @@ def twin_difference(net: nn.Module, sj: nn.Module, x: torch.Tensor, y: torch.Ten
         sj_functional.reset_net(theirs)
         grad_error = max(float((a.grad - b.grad).norm() / b.grad.norm().clamp_min(1e-30))
                          for a, b in pairs if b.grad is not None)
-        parts.append(f"{when}: max |logit difference| {(outs[0] - outs[1]).abs().max().item():.2e}, "
+        logit_difference = (outs[0] - outs[1]).abs().max().item()
+        parts.append(f"{when}: max |logit difference| {logit_difference:.2e}, "
                      f"largest relative gradient difference {grad_error:.2e}, "
                      f"{sum(firing)}/{len(firing)} LIF layers fire")
         for opt in opts:

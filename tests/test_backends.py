@@ -227,13 +227,14 @@ for soft in (True, False):
         assert "fma" not in code, "a fused multiply-add would change membrane values"
 for dtype, soft in itertools.product(("bf16", "fp16"), (True, False)):  # half-precision tensors
     code = ptx(K._forward, ["cur", "spk", "mem"], {"stride_t": "i32", "N": "i32", "T": "i32",
-               "decay": "fp32", "threshold": "fp32"}, {"SOFT": soft, "SAVE_H": True, "BLOCK": K.BLOCK},
-               dtype)
+               "decay": "fp32", "threshold": "fp32"},
+               {"SOFT": soft, "SAVE_H": True, "BLOCK": K.BLOCK}, dtype)
     assert "fma" not in code, "a fused multiply-add would change membrane values"
     for sid in (-1, 3):
         ptx(K._backward, ["grad_s", "mem", "pre", "grad_i"], {"partial": "*fp32", "N": "i32",
             "T": "i32", "decay": "fp32", "threshold": "fp32", "width": "fp32"},
-            {"SOFT": soft, "DETACH": False, "SID": sid, "WANT_DECAY": True, "BLOCK": K.BLOCK}, dtype)
+            {"SOFT": soft, "DETACH": False, "SID": sid, "WANT_DECAY": True, "BLOCK": K.BLOCK},
+            dtype)
     code = ptx(R._record, ["cur", "spk", "elig"], {"cnt": "*u8", "stride_t": "i32", "N": "i32",
                "T": "i32", "decay": "fp32", "threshold": "fp32", "width": "fp32"},
                {"SOFT": soft, "DETACH": False, "SID": 3, "BLOCK": K.BLOCK}, dtype)

@@ -1,5 +1,6 @@
-"""torch.compile over the neurons: the fused kernels are custom ops with fake implementations, so
-``fullgraph=True`` traces every backend, and the compiled step gives eager's outputs and gradients."""
+"""torch.compile over the neurons: the fused kernels are custom ops with fake implementations,
+so ``fullgraph=True`` traces every backend, and the compiled step gives eager's outputs and
+gradients."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ KERNELS = ["fused", pytest.param("compiled", marks=NEEDS_CPP),
 
 
 class TinySNN(nn.Module):
-    """conv -> LIF (hard reset) -> conv -> PLIF (soft reset, sigmoid surrogate) over [T, B, C, H, W]."""
+    """conv -> LIF (hard reset) -> conv -> PLIF (soft reset, sigmoid surrogate) over
+    [T, B, C, H, W]."""
 
     def __init__(self, backend: str):
         super().__init__()

@@ -295,7 +295,8 @@ def row_batch(key: str) -> int:
 def ceiling_unit(ctx: Context, result: SectionResult) -> float:
     n = 8192 if ctx.device.type == "cuda" else 256
     tflops = matmul_ceiling(ctx.device, n)
-    table = result.table("bf16 matrix multiply ceiling (this run)", ["what", "TFLOP/s (best of 10)"])
+    table = result.table("bf16 matrix multiply ceiling (this run)",
+                         ["what", "TFLOP/s (best of 10)"])
     table.add(f"[{n}, {n}] @ [{n}, {n}], bf16", f"{tflops:.1f}")
     result.data["bf16_matmul_tflops"] = tflops
     return tflops

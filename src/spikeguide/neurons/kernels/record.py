@@ -16,7 +16,7 @@ import torch
 
 from ..surrogates import Surrogate
 from . import cpu
-from .ops import count_dtype, record
+from .ops import record
 from .spec import TRITON_DTYPES
 
 # The Triton recording kernel passed benchmarks/gpu_check.py's checks on an H200 (results/gpu.md),
