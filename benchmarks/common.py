@@ -226,17 +226,83 @@ def spikeguide_net(name: str, T: int, width: float, backend: str, device: torch.
     return net.to(device, memory_format=FORMATS[fmt])
 
 
+def spikingjelly_precision(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None):
+    """SpikingJelly's bf16 setting as its docs give it: its precision API
+    (``prepare_model_for_precision`` with a ``PrecisionConfig``, before the optimizer is built).
+    On CUDA the neurons keep bf16 state with float32 arithmetic on its Triton path
+    (``neuron_storage="bf16"``); that path needs CUDA, so on CPU only ``mode="bf16"`` is set.
+    Returns the prepared artifacts, or None for float32 (no precision API involved)."""
+    if amp_dtype is None:
+        return None
+    if amp_dtype is not torch.bfloat16:
+        raise ValueError("the SpikingJelly twin is timed in float32 or bf16")
+    from spikingjelly.activation_based.precision import PrecisionConfig, prepare_model_for_precision
+
+    neurons = (dict(neuron_storage="bf16", neuron_fwd="fp32", neuron_bwd="fp32")
+               if device.type == "cuda" else {})
+    return prepare_model_for_precision(model, device, PrecisionConfig(mode="bf16", **neurons))
+
+
 def spikingjelly_step(net: SpikingNet, x: torch.Tensor, y: torch.Tensor, fmt: str,
                       sj_functional, amp_dtype: torch.dtype | None = None
                       ) -> tuple[Callable[[], None], str]:
-    """The training step of ``net``'s SpikingJelly twin, and a line comparing the two networks
-    (parameter counts, largest eval-mode logit difference)."""
+    """The training step of ``net``'s SpikingJelly twin (in bf16 through SpikingJelly's precision
+    API, :func:`spikingjelly_precision`), and a line comparing the two networks (parameters, and
+    :func:`twin_difference` of float32 copies)."""
     sj = spikingjelly_twin(net).to(x.device, memory_format=FORMATS[fmt])
-    with torch.no_grad():
-        diff = (net.eval()(x) - sj.eval()(x)).abs().max().item()
-    sj_functional.reset_net(sj)
-    net.train(), sj.train()
     line = (f"parameters spikeguide {sum(p.numel() for p in net.parameters()):,}, spikingjelly "
-            f"{sum(p.numel() for p in sj.parameters()):,}; max |logit difference| in eval mode "
-            f"{diff:.2e}")
-    return make_step(sj, x, y, sj_functional.reset_net, amp_dtype), line
+            f"{sum(p.numel() for p in sj.parameters()):,}; "
+            + twin_difference(net, sj, x, y, sj_functional))
+    precision = spikingjelly_precision(sj, x.device, amp_dtype)
+    if precision is None:
+        return make_step(sj, x, y, sj_functional.reset_net), line
+    model = precision.model
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with precision.autocast_context():
+            loss = nn.functional.cross_entropy(model(x), y)
+        precision.backward(loss, opt)
+        sj_functional.reset_net(model)
+
+    return step, line
+
+
+def twin_difference(net: nn.Module, sj: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    sj_functional) -> str:
+    """How far apart the two networks train, in float32 and train mode: logits and parameter
+    gradients of the first step and of the step after one SGD update (lr 0.1), on copies (the
+    networks passed in are left as they are). Untrained networks in eval mode would compare
+    little: there, every LIF after the first is usually silent."""
+    import copy
+
+    ours, theirs = copy.deepcopy(net).train(), copy.deepcopy(sj).train()
+    pairs = list(zip(ours.parameters(), theirs.parameters()))
+    if any(a.shape != b.shape for a, b in pairs):
+        return "twin check: the parameters are not in the same order (not compared)"
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (ours, theirs)]
+    firing = []
+    hooks = [m.register_forward_hook(lambda mod, i, out: firing.append(bool(out.any())))
+             for m in ours.modules() if isinstance(m, LIF)]
+    parts = []
+    for when in ("first step", "after one step"):
+        firing.clear()
+        outs = []
+        for model, opt in zip((ours, theirs), opts):
+            opt.zero_grad(set_to_none=True)
+            out = model(x)
+            nn.functional.cross_entropy(out, y).backward()
+            outs.append(out.detach())
+        sj_functional.reset_net(theirs)
+        grad_error = max(float((a.grad - b.grad).norm() / b.grad.norm().clamp_min(1e-30))
+                         for a, b in pairs if b.grad is not None)
+        logit_difference = (outs[0] - outs[1]).abs().max().item()
+        parts.append(f"{when}: max |logit difference| {logit_difference:.2e}, "
+                     f"largest relative gradient difference {grad_error:.2e}, "
+                     f"{sum(firing)}/{len(firing)} LIF layers fire")
+        for opt in opts:
+            opt.step()
+    for hook in hooks:
+        hook.remove()
+    return "twin check in train mode: " + "; ".join(parts)

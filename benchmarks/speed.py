@@ -40,27 +40,22 @@ from common import (
     time_contenders,
     time_rounds,
 )
+from spikeguide.neurons import LIF
 from spikeguide.neurons.kernels import BACKENDS
 from spikeguide.neurons.surrogates import ATan
 
 
 def layer_benchmark(T: int, N: int, backends, rounds: int, iters: int, with_compile: bool):
     """Milliseconds for forward + backward of one LIF layer on ``[T, N]`` currents."""
-    from spikeguide.neurons.kernels.fused import TorchLoops, fused_lif
-
     device = torch.device("cpu")
     runs, x, g = lif_layer_calls(T, N, backends, device)
-    if with_compile:  # torch.compile of the fused backend's two loops, for comparison
-        class CompiledLoops(TorchLoops):
-            forward = torch.compile(TorchLoops.forward, dynamic=False)
-            backward = torch.compile(TorchLoops.backward, dynamic=False)
-
-        loops = CompiledLoops()
+    if with_compile:  # torch.compile of the reference loop, for comparison
+        lif = torch.compile(LIF(decay=0.5, threshold=1.0, reset="hard", surrogate=ATan(),
+                                backend="torch"), fullgraph=True, dynamic=False)
         start = time.perf_counter()
-        fused_lif(x, 0.5, 1.0, "hard", False, ATan(), loops).backward(g)
+        lif(x).backward(g)
         print(f"# torch.compile: first call {time.perf_counter() - start:.1f} s")
-        runs["torch.compile(fused loops)"] = (
-            lambda: fused_lif(x, 0.5, 1.0, "hard", False, ATan(), loops).backward(g))
+        runs["torch.compile(torch)"] = lambda: lif(x).backward(g)
     times = time_rounds(runs, rounds, iters, device, warmup=1)
     print(f"| LIF layer [{T}, {N}] | ms (best) | ms (median) |\n|---|---|---|")
     for name, t in times.items():
@@ -101,7 +96,7 @@ def main(argv=None):
     p.add_argument("--layer", type=int, metavar="N",
                    help="time one LIF layer on [T, N] currents instead of whole networks")
     p.add_argument("--with-compile", action="store_true",
-                   help="with --layer: also torch.compile the fused loops")
+                   help="with --layer: also torch.compile the reference loop")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:

@@ -157,15 +157,12 @@ def test_failed_build_falls_back_with_a_warning(monkeypatch):
         raise RuntimeError("g++: not found\nError building extension 'spikeguide_lif_cpu'")
 
     monkeypatch.setattr(cpp_extension, "load", fail)
-    cpu._build.cache_clear()
-    try:
-        with pytest.warns(RuntimeWarning, match="did not build"):
-            assert resolve_backend("auto", torch.zeros(2, 3)) == "fused"
-        with pytest.raises(SpikeguideError, match="Error building extension"):
-            LIF(backend="compiled")(torch.zeros(2, 3))
-        assert torch.equal(LIF()(torch.ones(2, 3)), torch.ones(2, 3))  # auto still works
-    finally:
-        cpu._build.cache_clear()
+    monkeypatch.setattr(cpu, "_BUILT", None)  # built again (and failing), then restored
+    with pytest.warns(RuntimeWarning, match="did not build"):
+        assert resolve_backend("auto", torch.zeros(2, 3)) == "fused"
+    with pytest.raises(SpikeguideError, match="Error building extension"):
+        LIF(backend="compiled")(torch.zeros(2, 3))
+    assert torch.equal(LIF()(torch.ones(2, 3)), torch.ones(2, 3))  # auto still works
 
 
 def test_pool_reuses_only_buffers_nothing_references():
@@ -209,8 +206,8 @@ from triton.compiler import ASTSource
 import itertools
 from spikeguide.neurons.kernels import triton_lif as K, triton_record as R
 
-def ptx(fn, ptrs, scalars, constexprs):
-    sig = {**{a: "*fp32" for a in ptrs}, **scalars, **{c: "constexpr" for c in constexprs}}
+def ptx(fn, ptrs, scalars, constexprs, dtype="fp32"):
+    sig = {**{a: "*" + dtype for a in ptrs}, **scalars, **{c: "constexpr" for c in constexprs}}
     return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
                           target=GPUTarget("cuda", 90, 32),
                           options={"enable_fp_fusion": False}).asm["ptx"]
@@ -228,6 +225,20 @@ for soft in (True, False):
                    "T": "i32", "decay": "fp32", "threshold": "fp32", "width": "fp32"},
                    {"SOFT": soft, "DETACH": detach, "SID": sid, "BLOCK": K.BLOCK})
         assert "fma" not in code, "a fused multiply-add would change membrane values"
+for dtype, soft in itertools.product(("bf16", "fp16"), (True, False)):  # half-precision tensors
+    code = ptx(K._forward, ["cur", "spk", "mem"], {"stride_t": "i32", "N": "i32", "T": "i32",
+               "decay": "fp32", "threshold": "fp32"},
+               {"SOFT": soft, "SAVE_H": True, "BLOCK": K.BLOCK}, dtype)
+    assert "fma" not in code, "a fused multiply-add would change membrane values"
+    for sid in (-1, 3):
+        ptx(K._backward, ["grad_s", "mem", "pre", "grad_i"], {"partial": "*fp32", "N": "i32",
+            "T": "i32", "decay": "fp32", "threshold": "fp32", "width": "fp32"},
+            {"SOFT": soft, "DETACH": False, "SID": sid, "WANT_DECAY": True, "BLOCK": K.BLOCK},
+            dtype)
+    code = ptx(R._record, ["cur", "spk", "elig"], {"cnt": "*u8", "stride_t": "i32", "N": "i32",
+               "T": "i32", "decay": "fp32", "threshold": "fp32", "width": "fp32"},
+               {"SOFT": soft, "DETACH": False, "SID": 3, "BLOCK": K.BLOCK}, dtype)
+    assert "fma" not in code, "a fused multiply-add would change membrane values"
 print("compiled")
 """
 
@@ -245,7 +256,7 @@ def test_triton_kernels_compile_for_a_gpu_without_fma():
 
 
 
-def test_auto_picks_triton_only_for_cuda_float32_where_triton_is_installed(monkeypatch):
+def test_auto_picks_triton_for_cuda_float32_bf16_fp16_where_triton_is_installed(monkeypatch):
     from types import SimpleNamespace
 
     from spikeguide.neurons import kernels
@@ -259,7 +270,8 @@ def test_auto_picks_triton_only_for_cuda_float32_where_triton_is_installed(monke
         (object() if installed["triton"] else None) if name == "triton"
         else real_find_spec(name, *a)))
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert kernels._auto_runs_here("triton", on("cuda"), kernels.LIFSpec)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert kernels._auto_runs_here("triton", on("cuda", dtype), kernels.LIFSpec)
     assert not kernels._auto_runs_here("triton", on("cuda", torch.float64), kernels.LIFSpec)
     assert not kernels._auto_runs_here("triton", on("cpu"), kernels.LIFSpec)  # no interpreter
     installed["triton"] = False

@@ -18,7 +18,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-SECTIONS = ["environment", "correctness", "speed", "memory", "pipeline", "training"]
+SECTIONS = ["environment", "correctness", "speed", "memory", "profile", "pipeline", "training"]
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,8 @@ def test_smoke_run_writes_every_section_in_files_the_device_tool_returns(smoke):
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+", f) for f in files)
     md = (out / "gpu.md").read_text()
     assert "Smoke run on CPU" in md and "Recommendation:" in md
+    assert re.search(r"^Commit: `[0-9a-f]{7,}", md, re.M) and doc["commit"] != "unknown"
+    assert doc["device"]
     for section in doc["sections"].values():
         assert f"## {section['title']}" in md
 
@@ -76,11 +78,27 @@ def test_smoke_speed_times_both_precisions_formats_and_spikingjelly(smoke):
         for fmt in ("contiguous", "channels_last"):
             assert {f"spikeguide torch, {fmt}", f"spikeguide fused, {fmt}"} <= labels
         assert all(max(r["rates"]) > 0 for r in group["rows"].values())
-        sj_rows = [r for r in group["rows"].values() if r["kind"] == "spikingjelly"]
+        assert all(r["first_step_s"] > 0 for r in group["rows"].values())
+        assert group["step_flops"] > 0
+        # the compiled auto row: its compilation is its first step, not in its rates
+        assert group["rows"]["spikeguide auto + torch.compile, channels_last"]["runs"] in (
+            "compiled", "fused")
+        sj_rows = {label: r for label, r in group["rows"].items() if r["kind"] == "spikingjelly"}
         if importlib.util.find_spec("spikingjelly") is None:
             assert not sj_rows
         else:  # this process's implementation and the child process's, in both formats
             assert len(sj_rows) == 4
+            # bf16 through SpikingJelly's precision API, never its plain-autocast path
+            assert all(("precision API" in label) == (group["precision"] == "bf16")
+                       for label in sj_rows)
+    assert section["data"]["bf16_matmul_tflops"] > 0
+    notes = "\n".join(section["notes"])
+    if importlib.util.find_spec("spikingjelly") is not None:
+        assert "twin check in train mode: first step" in notes and "after one step" in notes
+        assert "SpikingJelly's fastest is" in notes
+    table = section["tables"][1]  # the first group (after the matmul ceiling)
+    assert table["header"][-3:] == ["vs SJ fastest (best)", "vs SJ fastest (median)", "verdict"]
+    assert {row[-1] for row in table["rows"]} <= {None, "one round: not judged"}  # one round
     assert set(section["data"]["layer_ms"]) >= {"torch", "fused"}
 
 
@@ -90,6 +108,12 @@ def test_smoke_memory_pipeline_and_training_figures(smoke):
     assert {(r["method"], r["T"]) for r in rows} == {
         (m, T) for m in ("bptt", "ratebp", "hybrid") for T in (1, 2)}
     assert all(r["peak_mib"] is None and r["step_s"] > 0 for r in rows)  # CPU: time only
+    assert all(r["steps"] >= 1 and r["first_step_s"] > 0 for r in rows)  # the first apart
+    profiled = doc["sections"]["profile"]["data"]["methods"]
+    assert set(profiled) == {"ratebp", "hybrid", "bptt"}
+    for method, top in profiled.items():
+        assert len(top) == 12 and top[0]["self_ms"] >= top[-1]["self_ms"] > 0
+    assert any("spikeguide::lif_record" in row["name"] for row in profiled["ratebp"])
     pipeline = doc["sections"]["pipeline"]
     assert pipeline["data"]["memory_img_s"] > 0 and pipeline["data"]["stream_img_s"] > 0
     runs = doc["sections"]["training"]["data"]["runs"]

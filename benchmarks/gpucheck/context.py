@@ -35,6 +35,7 @@ class Sizes:
     memory_network: Network  # T is replaced by each of memory_T
     memory_T: tuple[int, ...]
     memory_max_steps: int
+    profile_T: int  # the profiler section's T (the memory network's other sizes)
     train_width: float
     train_batch: int
     eval_batch: int
@@ -50,6 +51,7 @@ FULL = Sizes(
     speed_rounds=3, speed_max_iters=10,
     layer=(4, 1 << 22),
     memory_network=Network("resnet19", 1.0, 128, 1), memory_T=(1, 2, 4, 8), memory_max_steps=5,
+    profile_T=4,
     train_width=1.0, train_batch=128, eval_batch=1000, max_epochs=200,
 )
 # every code path at sizes a 2-core CPU runs in seconds
@@ -60,6 +62,7 @@ SMOKE = Sizes(
     speed_rounds=1, speed_max_iters=1,
     layer=(2, 4096),
     memory_network=Network("resnet19", 0.0625, 4, 1), memory_T=(1, 2), memory_max_steps=1,
+    profile_T=2,
     train_width=0.0625, train_batch=16, eval_batch=32, max_epochs=1,
 )
 

@@ -4,8 +4,8 @@ Candidates are spikeguide's backends timed on every network of the float32 speed
 failed no correctness check on the device (the ``torch`` reference cannot fail). A backend's
 score is the geometric mean over the networks of its best img/s (either memory format) relative
 to the backend ``auto`` runs on the device today (``fused`` on CUDA); another one replaces that
-only when it is more than ``NOISE`` faster. bf16 is left out: the Triton kernels are float32
-only, so every backend but ``torch`` runs ``fused`` there.
+only when it is more than ``NOISE`` faster. bf16 groups and the ``torch.compile`` rows (a way
+to run ``auto``, not a backend) are left out.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def float32_rates(groups: list[dict[str, Any]]) -> dict[tuple[str, str], dict[st
         if group["precision"] != "fp32":
             continue
         for row in group["rows"].values():
-            if row["kind"] == "spikeguide" and "rates" in row:
+            if row["kind"] == "spikeguide" and "rates" in row and "compile" not in row["backend"]:
                 key = (row["backend"], row["format"])
                 out.setdefault(key, {})[group["network"]] = max(row["rates"])
     return out

@@ -46,6 +46,7 @@ def markdown(header: dict[str, Any], results: list[SectionResult], summary: Tabl
     if header["smoke"]:
         parts += [SMOKE_BANNER, ""]
     parts += [f"Command: `{header['command']}`", "",
+              f"Commit: `{header['commit']}`; device: {header['device']}", "",
               f"Started {header['started']} UTC; {header['elapsed_s']:.0f} s of a "
               f"{header['budget_s']:.0f} s budget. Written by `benchmarks/gpu_check.py`; the full "
               "log is gpu_check.log, every figure is also in gpu_check.json.", "",

@@ -3,8 +3,21 @@
 One group per network and precision (fp32, or bf16 autocast); in each, every backend and
 SpikingJelly run in both memory formats on the same random batch and the same initial weights
 (``common.py``), timed in interleaved rounds; the best round counts, the median is beside it.
-A backend that runs another one's kernels at this precision (``triton`` at bf16 runs
-``fused``) is not timed twice. The peak memory of a step is read during the warm-up.
+A backend that runs another one's kernels at this precision is not timed twice. Beside them:
+the ``auto`` backend under ``torch.compile`` (channels_last; its compilation is the first step,
+reported apart from the timed rounds), and SpikingJelly in bf16 through its precision API
+(``common.spikingjelly_precision``), not plain autocast, which sends its neurons to its eager
+reference path.
+
+Columns: "first step s" is the first step alone (kernel builds, autotuning and compilation
+included; never part of the rates); img/s best and median of the rounds; TFLOP/s counted from
+the convolution and linear shapes (``flops.py``) against a bf16 matrix-multiply ceiling measured
+in the same run; "step peak MiB" is the peak allocated during one step above what was allocated
+just before it, after a warm-up step: activations, temporaries and gradients (the step frees and
+re-creates them), not weights, buffers or optimizer state. Ratios are against SpikingJelly's
+fastest: the fastest of its implementations that run on the machine (named in the notes); the
+median ratio stands beside the best one, and one within the rounds' spread is called "within
+noise", not a win.
 
 SpikingJelly picks its LIF implementation once per process (``SJ_LIF_CUDA_IMPLEMENTATION``,
 default: its native CUDA build if present, else Triton, else torch). This process times its
@@ -46,6 +59,7 @@ from spikeguide.ratepass import record_neuron
 
 from .context import Context, Network
 from .correctness import unavailable
+from .flops import matmul_ceiling, step_flops
 from .results import SectionResult
 from .timebox import TimeBox
 
@@ -74,10 +88,17 @@ def neuron_dtype(net: SpikingNet, x: torch.Tensor, amp_dtype: torch.dtype | None
     return seen[0]
 
 
+def compiled(net: SpikingNet, device: torch.device):
+    """``net`` under ``torch.compile``; on CPU (the smoke run) without code generation, which
+    takes minutes there: the path is exercised, its speed means nothing."""
+    return torch.compile(net) if device.type == "cuda" else torch.compile(net, backend="aot_eager")
+
+
 def contenders(network: Network, precision: str, device: torch.device, sj,
-               with_spikeguide: bool = True) -> tuple[dict[str, Callable[[], None]],
-                                                      dict[str, dict[str, Any]], list[str]]:
-    """The training steps of one group, what each runs, and notes."""
+               with_spikeguide: bool = True, with_compile: bool = False
+               ) -> tuple[dict[str, Callable[[], None]], dict[str, dict[str, Any]], list]:
+    """The training steps of one group, what each runs, and notes (the first: the step's
+    FLOPs); ``with_compile`` adds the compiled ``auto`` row."""
     amp = PRECISIONS[precision]
     x, y = batch_for(network.batch, device)
     steps, info, notes = {}, {}, []
@@ -101,20 +122,35 @@ def contenders(network: Network, precision: str, device: torch.device, sj,
                 steps[label] = make_step(net, xf, y, amp_dtype=amp)
                 info[label] = {"kind": "spikeguide", "backend": backend, "runs": runs,
                                "format": fmt}
+        if with_spikeguide and with_compile and fmt == "channels_last":
+            auto = spikeguide_net(network.model, network.T, network.width, "auto", device, fmt)
+            runs = resolve_backend("auto", torch.empty(0, dtype=neuron_dtype(auto, xf, amp),
+                                                       device=device))
+            label = f"spikeguide auto + torch.compile, {fmt}"
+            steps[label] = make_step(compiled(auto, device), xf, y, amp_dtype=amp)
+            info[label] = {"kind": "spikeguide", "backend": "auto + compile", "runs": runs,
+                           "format": fmt}
         if sj is not None:
             impl = spikingjelly_implementation(sj, device)
+            if amp is not None:
+                impl += " (precision API)"
             label = f"spikingjelly {impl}, {fmt}"
             steps[label], line = spikingjelly_step(net, xf, y, fmt, sj, amp)
             info[label] = {"kind": "spikingjelly", "backend": impl, "runs": impl, "format": fmt}
             if fmt == "contiguous":
                 notes.append(f"SpikingJelly twin: {line}")
-    return steps, info, notes
+    flops = step_flops(net, x) if net is not None else None
+    return steps, info, [flops, *notes]
 
 
-def warm_up(step: Callable[[], None], device: torch.device) -> tuple[float, float | None]:
-    """Two steps; the second's seconds and peak memory above what was allocated before it."""
+def warm_up(step: Callable[[], None], device: torch.device
+            ) -> tuple[float, float, float | None]:
+    """Two steps: the first's seconds (builds and compilation included), the second's, and the
+    second's peak memory above what was allocated before it."""
+    start = time.perf_counter()
     step()  # kernels compile, the allocator grows
     sync(device)
+    first = time.perf_counter() - start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -123,8 +159,8 @@ def warm_up(step: Callable[[], None], device: torch.device) -> tuple[float, floa
     sync(device)
     seconds = time.perf_counter() - start
     if device.type != "cuda":
-        return seconds, None
-    return seconds, (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        return first, seconds, None
+    return first, seconds, (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 def time_group(steps: dict[str, Callable[[], None]], batch: int, rounds: int, max_iters: int,
@@ -134,8 +170,8 @@ def time_group(steps: dict[str, Callable[[], None]], batch: int, rounds: int, ma
     step_seconds = {}
     for label, step in list(steps.items()):
         try:
-            step_seconds[label], peak = warm_up(step, device)
-            out[label] = {"peak_mib": peak}
+            first, step_seconds[label], peak = warm_up(step, device)
+            out[label] = {"peak_mib": peak, "first_step_s": first}
         except Exception as err:  # one contender failing leaves the others timed
             out[label] = {"error": f"{type(err).__name__}: {err}"[:300]}
             del steps[label]
@@ -203,22 +239,67 @@ def layer_unit(ctx: Context, result: SectionResult) -> None:
     result.data["layer_ms"] = {name: min(s) * 1e3 for name, s in times.items()}
 
 
-def group_table(result: SectionResult, key: str, timed: dict[str, dict[str, Any]]) -> None:
-    table = result.table(key, ["contender", "runs", "img/s (best)", "img/s (median)",
-                               "step peak MiB", "ratio vs fastest SpikingJelly"])
-    sj_best = max((max(r["rates"]) for r in timed.values()
-                   if r["kind"] == "spikingjelly" and "rates" in r), default=None)
+def spread(rates: list[float]) -> float:
+    """The rounds' spread relative to their median: (max - min) / median."""
+    return (max(rates) - min(rates)) / statistics.median(rates)
+
+
+def verdict(row: dict[str, Any], sj: dict[str, Any]) -> str:
+    """Faster, slower, or within noise: the median ratio against the larger of the two rows'
+    spreads (one round has no spread: not judged)."""
+    if min(len(row["rates"]), len(sj["rates"])) < 2:
+        return "one round: not judged"
+    ratio = statistics.median(row["rates"]) / statistics.median(sj["rates"])
+    if abs(ratio - 1) <= max(spread(row["rates"]), spread(sj["rates"])):
+        return "within noise"
+    return "faster" if ratio > 1 else "slower"
+
+
+def group_table(result: SectionResult, key: str, timed: dict[str, dict[str, Any]],
+                flops: float | None, ceiling: float | None) -> None:
+    table = result.table(key, ["contender", "runs", "first step s", "img/s (best)",
+                               "img/s (median)", "TFLOP/s (best)", "% of bf16 ceiling",
+                               "step peak MiB", "vs SJ fastest (best)", "vs SJ fastest (median)",
+                               "verdict"])
+    sj_rows = {label: r for label, r in timed.items()
+               if r["kind"] == "spikingjelly" and "rates" in r}
+    sj_label = max(sj_rows, key=lambda label: max(sj_rows[label]["rates"]), default=None)
+    sj = sj_rows.get(sj_label)
+    if sj_label is not None:
+        result.note(f"{key}: SpikingJelly's fastest is {sj_label!r}, the fastest of its "
+                    f"implementations timed here ({'; '.join(sorted(sj_rows))})")
     for label, row in timed.items():
         if "error" in row:  # spikeguide's own failures fail the section; SpikingJelly's are noted
-            table.add(label, row["runs"], "error", row["error"], None, None)
+            table.add(label, row["runs"], None, "error", row["error"], *[None] * 6)
             if row["kind"] == "spikeguide":
                 result.check(f"speed {key}: {label}", False, row["error"])
             else:
                 result.note(f"{key}: {label} failed: {row['error']}")
             continue
-        best = max(row["rates"])
-        table.add(label, row["runs"], best, statistics.median(row["rates"]), row["peak_mib"],
-                  f"{best / sj_best:.2f}" if sj_best else None)
+        best, median = max(row["rates"]), statistics.median(row["rates"])
+        tflops = best * flops / row_batch(key) / 1e12 if flops else None
+        against = sj is not None and row is not sj
+        table.add(label, row["runs"], f"{row['first_step_s']:.2f}", best, median,
+                  f"{tflops:.2f}" if tflops else None,
+                  f"{tflops / ceiling:.1%}" if tflops and ceiling else None, row["peak_mib"],
+                  f"{best / max(sj['rates']):.2f}" if against else None,
+                  f"{median / statistics.median(sj['rates']):.2f}" if against else None,
+                  verdict(row, sj) if against else None)
+
+
+def row_batch(key: str) -> int:
+    """The batch of a group from its key (``Network.label``)."""
+    return int(key.split("batch ", 1)[1].split(",", 1)[0])
+
+
+def ceiling_unit(ctx: Context, result: SectionResult) -> float:
+    n = 8192 if ctx.device.type == "cuda" else 256
+    tflops = matmul_ceiling(ctx.device, n)
+    table = result.table("bf16 matrix multiply ceiling (this run)",
+                         ["what", "TFLOP/s (best of 10)"])
+    table.add(f"[{n}, {n}] @ [{n}, {n}], bf16", f"{tflops:.1f}")
+    result.data["bf16_matmul_tflops"] = tflops
+    return tflops
 
 
 def run(ctx: Context, box: TimeBox, result: SectionResult) -> None:
@@ -238,6 +319,15 @@ def run(ctx: Context, box: TimeBox, result: SectionResult) -> None:
                 result.skip(f"SpikingJelly {child['implementation']}: {key}")
         except Exception as err:  # SpikingJelly's side: noted, the section goes on
             result.note(f"SpikingJelly's torch implementation not timed: {err}")
+    if sj is not None and ctx.device.type == "cuda":
+        missing = sj.neuron_implementation("lif", ctx.device)["unavailable"]
+        result.note("SpikingJelly's implementations that do not run on this machine, so not "
+                    "among those 'its fastest' is chosen from: " + ("; ".join(
+                        f"{name} ({why})" for name, why in missing.items()) or "none"))
+    ceiling = ceiling_unit(ctx, result)
+    result.note("step peak MiB: the peak allocated during one step above what was allocated "
+                "just before it, after a warm-up step: activations, temporaries and gradients; "
+                "not weights, buffers or optimizer state")
     result.data["groups"] = []
     for i, (network, precision) in enumerate(groups):
         key = group_key(network, precision)
@@ -245,7 +335,10 @@ def run(ctx: Context, box: TimeBox, result: SectionResult) -> None:
             result.skip(key)
             continue
         try:
-            steps, info, notes = contenders(network, precision, ctx.device, sj)
+            # compilation takes about a minute a network: the first network's groups only
+            steps, info, (flops, *notes) = contenders(
+                network, precision, ctx.device, sj,
+                with_compile=network == ctx.sizes.speed_networks[0])
             timed = time_group(steps, network.batch, ctx.sizes.speed_rounds,
                                ctx.sizes.speed_max_iters, box.left() / (len(groups) - i + 1),
                                ctx.device)
@@ -257,9 +350,9 @@ def run(ctx: Context, box: TimeBox, result: SectionResult) -> None:
         timed = {label: {**info[label], **row} for label, row in timed.items()}
         for label, row in child["groups"].get(key, {}).items():  # on CPU both run 'torch-reference'
             timed[f"{label} (child process)" if label in timed else label] = row
-        group_table(result, key, timed)
+        group_table(result, key, timed, flops, ceiling)
         result.data["groups"].append({"network": network.label(), "precision": precision,
-                                      "rows": timed})
+                                      "step_flops": flops, "rows": timed})
         del steps
         if ctx.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -23,6 +23,7 @@ from .errors import SpikeguideError
 from .methods import METHODS
 from .models import MODELS
 from .neurons import Surrogate, get_surrogate, neuron_factory, neuron_options
+from .training.compile import COMPILE_MODES
 from .training.cudagraph import CUDA_GRAPH
 from .training.distributed import AMP_DTYPES
 from .training.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_ON
@@ -135,6 +136,7 @@ class TrainConfig:
     # run on a GPU, hence off by default)
     cuda_graph: str = "false"
     threads: int = 0  # torch threads; 0: the CPUs free to this process (training/threads.py)
+    compile: str = "none"  # none | default | max-autotune | reduce-overhead (torch.compile's modes)
 
 
 @dataclass
@@ -335,6 +337,7 @@ CHOICES = {
     "data.loader": LOADERS,
     "train.amp": tuple(AMP_DTYPES),
     "train.cuda_graph": CUDA_GRAPH,
+    "train.compile": COMPILE_MODES,
 }
 
 

@@ -36,6 +36,7 @@ from torch import nn
 
 from ..errors import SpikeguideError
 from .kernels import check_backend, fused_forward, resolve_backend
+from .kernels.ops import surrogate_name
 from .surrogates import Surrogate, get_surrogate, spike
 
 DYNAMICS = ("charge", "fire", "reset_membrane")
@@ -102,6 +103,7 @@ class SpikingNeuron(nn.Module):
         self.surrogate = get_surrogate(surrogate, width)
         self.backend = check_backend(backend)
         why = missing_piece(type(self), "kernel_spec")
+        self._has_kernel_spec = why is None
         if backend not in ("auto", "torch") and why:
             raise SpikeguideError(f"no fused kernel runs the neuron {type(self).__name__} ({why}): "
                                   "use backend 'auto' or 'torch'")
@@ -150,8 +152,11 @@ class SpikingNeuron(nn.Module):
     # -------------------------------------------------------------------------------------------
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
-        spec = None if missing_piece(type(self), "kernel_spec") else self.kernel_spec()
-        backend = "torch" if spec is None else resolve_backend(self.backend, current, type(spec))
+        spec = self.kernel_spec() if self._has_kernel_spec else None
+        if spec is None or surrogate_name(spec.surrogate) is None:  # the kernels need its name
+            backend = "torch"
+        else:
+            backend = resolve_backend(self.backend, current, type(spec))
         if backend == "torch":
             return reference_loop(current, self.charge, self.fire, self.reset_membrane)
         return fused_forward(current, *spec, backend)

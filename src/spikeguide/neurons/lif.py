@@ -105,8 +105,8 @@ class LIF(SpikingNeuron):
         self._init_decay(decay)
 
     def _init_decay(self, decay: float) -> None:
-        # a Python float, not a tensor: reading a GPU tensor's value would make every forward
-        # wait for the GPU
+        # a Python float, not a buffer: reading a tensor would sync the device on every forward
+        # and leave torch.compile a data-dependent value
         self.decay = float(decay)
 
     def membrane_decay(self) -> float | torch.Tensor:

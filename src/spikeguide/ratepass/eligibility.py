@@ -32,7 +32,8 @@ from __future__ import annotations
 import torch
 
 from ..neurons import SpikingNeuron, Surrogate
-from ..neurons.kernels.record import count_dtype, fused_record, record_backend
+from ..neurons.kernels.ops import count_dtype
+from ..neurons.kernels.record import fused_record, record_backend
 from ..neurons.lif import scale_by_reset_gain
 
 CHUNK = 1 << 16  # neurons per chunk: the loop's temporaries stay small and in cache

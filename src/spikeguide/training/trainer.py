@@ -32,6 +32,7 @@ from ..data.loader import mix_seed
 from ..errors import SpikeguideError
 from ..methods import Method
 from .checkpoint import FORMAT, save_checkpoint
+from .compile import compile_engine
 from .cudagraph import GraphedStep, use_cuda_graph
 from .distributed import AMP_DTYPES, DistInfo, all_reduce_sum, convert_sync_batchnorm
 from .meter import Reading, StepMeter
@@ -90,6 +91,7 @@ class Trainer:
         self.engine = (DistributedDataParallel(method, device_ids=[device.index] if
                                                device.type == "cuda" else None)
                        if dist.enabled else method)
+        self.engine = compile_engine(self.engine, cfg.train.compile)
         self.run_dir = cfg.run_dir
         self.augment = Augment(**asdict(cfg.data.augment), mean=train_set.mean, std=train_set.std)
         # every process loads its slice of each global batch and augments it with its rows of

@@ -14,20 +14,28 @@ any surrogate: the built-in ones are evaluated in the compiled kernels, another 
   CPU tensors of float32/float64 (other dtypes run the ``"fused"`` loops). Its large outputs are
   reused once nothing references them (:mod:`.pool`); :func:`empty_cache` releases them.
 * ``"triton"``: the same node with both loops as Triton kernels (:mod:`.triton_lif`); CUDA
-  float32 tensors (other dtypes run ``"fused"``), needs ``pip install triton``. Its logic is
-  tested in Triton's CPU interpreter (``TRITON_INTERPRET=1``, which also lets it run on CPU
-  tensors) and on an H200 by ``benchmarks/gpu_check.py`` (results/gpu.md).
+  float32, bfloat16 and float16 tensors (other dtypes run ``"fused"``), needs
+  ``pip install triton``. At bf16/fp16 the membrane and all arithmetic stay float32 in
+  registers; currents, spikes, the saved membrane and gradients are bf16/fp16 in memory. Its
+  logic is tested in Triton's CPU interpreter (``TRITON_INTERPRET=1``, which also lets it run on
+  CPU tensors) and compiled to PTX by the tests; float32 ran on an H200 in
+  ``benchmarks/gpu_check.py`` (results/gpu.md), bf16/fp16 speed on a GPU is not yet measured.
 * ``"auto"``: the fastest tested backend that runs the neuron's dynamics on the tensor:
-  ``"compiled"`` on CPU when the extension builds, ``"triton"`` for CUDA float32 tensors when
-  Triton is installed (1.63x ``"fused"`` on an H200, results/gpu.md), otherwise ``"fused"``;
-  ``"torch"`` for dynamics no kernel runs. Triton's CPU interpreter is never picked.
+  ``"compiled"`` on CPU when the extension builds, ``"triton"`` for CUDA float32, bf16 and fp16
+  tensors when Triton is installed (1.63x ``"fused"`` in float32 on an H200, results/gpu.md),
+  otherwise ``"fused"``; ``"torch"`` for dynamics no kernel runs. Triton's CPU interpreter is
+  never picked.
 
-Every backend gives bit-identical spikes; gradients agree to float rounding (tests/test_backends.py).
+Every backend is a ``torch.library`` custom op with a fake implementation (:mod:`.ops`), so
+``torch.compile(model, fullgraph=True)`` traces it (tests/test_compile.py). At the same dtype
+every backend gives bit-identical spikes and gradients that agree to float rounding
+(tests/test_backends.py); at bf16/fp16 ``"triton"``'s float32 membrane gives float32's spikes
+on the rounded currents, where ``"fused"``'s membrane rounds at every step
+(tests/test_triton_half.py).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -36,31 +44,17 @@ import torch
 from ...errors import SpikeguideError
 from ..surrogates import Surrogate
 from . import cpu
-from .fused import TorchLoops, fused_lif
-from .pool import BufferPool
+from .ops import POOL, fused_lif
 from .spec import SUPPORT, KernelSupport, LIFSpec
 
 BACKENDS = ("auto", "torch", "fused", "compiled", "triton")
 AUTO_ORDER = ("compiled", "triton", "fused")
-_TORCH_LOOPS = TorchLoops()
-_POOL = BufferPool()
-_CPP_LOOPS = cpu.CppLoops(_POOL)
 
 
 def check_backend(name: str) -> str:
     if name not in BACKENDS:
         raise SpikeguideError(f"unknown neuron backend {name!r}; choose one of {', '.join(BACKENDS)}")
     return name
-
-
-@functools.cache
-def _triton_loops():
-    if importlib.util.find_spec("triton") is None:
-        raise SpikeguideError("the 'triton' neuron backend needs Triton: pip install triton "
-                              "(or use backend='auto')")
-    from .triton_lif import TritonLoops
-
-    return TritonLoops()
 
 
 def _devices(name: str) -> tuple[str, ...] | None:
@@ -109,13 +103,12 @@ def fused_forward(current: torch.Tensor, decay: float | torch.Tensor, threshold:
                   detach_reset: bool, surrogate: Surrogate, backend: str) -> torch.Tensor:
     """Spikes of the multi-step LIF over ``current`` ``[T, ...]`` on a resolved fused backend
     (``"fused"``, ``"compiled"`` or ``"triton"``)."""
-    impl = {"compiled": _CPP_LOOPS, "fused": _TORCH_LOOPS}.get(backend) or _triton_loops()
-    return fused_lif(current, decay, threshold, reset, detach_reset, surrogate, impl)
+    return fused_lif(current, decay, threshold, reset, detach_reset, surrogate, backend)
 
 
 def empty_cache() -> None:
     """Release the CPU buffers the ``compiled`` backend keeps for reuse (see :mod:`.pool`)."""
-    _POOL.clear()
+    POOL.clear()
 
 
 __all__ = ["BACKENDS", "SUPPORT", "KernelSupport", "LIFSpec", "check_backend", "empty_cache",

@@ -6,7 +6,6 @@ version (cached under ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_ext
 
 from __future__ import annotations
 
-import functools
 import warnings
 from pathlib import Path
 
@@ -20,8 +19,18 @@ SURROGATE_IDS = {Rectangle: 0, Triangle: 1, Sigmoid: 2, ATan: 3, FastSigmoid: 4}
 DTYPES = (torch.float32, torch.float64)
 
 
-@functools.cache
+_BUILT: tuple | None = None  # (extension or None, error or None), once built or failed
+
+
 def _build():
+    # a module global, not functools.cache: torch.compile reads it as a constant once set
+    global _BUILT
+    if _BUILT is None:
+        _BUILT = _load()
+    return _BUILT
+
+
+def _load():
     from torch.utils import cpp_extension
 
     try:

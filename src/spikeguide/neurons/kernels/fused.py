@@ -1,9 +1,10 @@
-"""The fused multi-step LIF as one autograd node per layer.
+"""The loops of the fused multi-step LIF, and the row layout every fused kernel works in.
 
 Forward runs the T loop without building a graph and saves only the charged (pre-reset) membrane
 ``h_t`` of every step; backward runs the hand-derived recurrence (see ``lif_cpu.cpp``). An
 *implementation* supplies the two loops: :class:`TorchLoops` (eager tensor ops, any device and
-dtype) or the compiled CPU extension in :mod:`.cpu`.
+dtype), the compiled CPU extension in :mod:`.cpu` or the Triton kernels; :mod:`.ops` makes them
+one autograd node per layer (a ``torch.library`` custom op).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ..surrogates import Surrogate
 
@@ -85,43 +85,3 @@ def as_rows(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         x = x.contiguous()
     strides = (N, *x[0].stride())
     return x.as_strided((T, N), (x.stride(0) if T > 1 else N, 1)), strides
-
-
-class FusedLIF(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, current, decay, threshold, soft, detach, surrogate, impl):
-        rows, strides = as_rows(current)
-        save = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        decay_value = float(decay)  # one read (a device sync for PLIF's tensor on CUDA)
-        spikes, h = impl.forward(rows, decay_value, threshold, soft, save)
-        if save:
-            ctx.save_for_backward(h)
-            ctx.args = (decay_value, threshold, soft, detach, surrogate, impl)
-            ctx.layout = (current.shape, strides)
-            ctx.decay_like = decay if isinstance(decay, torch.Tensor) else None
-        return spikes.as_strided(current.shape, strides)
-
-    @staticmethod
-    @once_differentiable  # the hand-derived backward is not itself differentiable
-    def backward(ctx, grad_spikes):
-        (h,) = ctx.saved_tensors
-        decay, threshold, soft, detach, surrogate, impl = ctx.args
-        shape, strides = ctx.layout
-        if grad_spikes.stride() != strides:  # bring the gradient into the spikes' memory order
-            grad_spikes = torch.empty_strided(shape, strides, dtype=h.dtype,
-                                              device=h.device).copy_(grad_spikes)
-        want_decay = ctx.needs_input_grad[1]
-        grad, grad_decay = impl.backward(grad_spikes.as_strided(h.shape, (h.shape[1], 1)), h, decay,
-                                         threshold, soft, detach, surrogate, want_decay)
-        if want_decay:
-            like = ctx.decay_like
-            grad_decay = torch.as_tensor(grad_decay, device=like.device).to(like.dtype).reshape(like.shape)
-        else:
-            grad_decay = None
-        return grad.as_strided(shape, strides), grad_decay, None, None, None, None, None
-
-
-def fused_lif(current: torch.Tensor, decay: float | torch.Tensor, threshold: float, reset: str,
-              detach_reset: bool, surrogate: Surrogate, impl: LoopImpl) -> torch.Tensor:
-    """Spikes ``[T, ...]`` of the LIF over ``current`` ``[T, ...]`` with the given loops."""
-    return FusedLIF.apply(current, decay, threshold, reset == "soft", detach_reset, surrogate, impl)

@@ -46,8 +46,11 @@ class KernelSupport:
         return issubclass(spec_type, self.dynamics)
 
 
+# float32 arithmetic in registers; bf16/fp16 tensors are read and written in their own dtype
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
 SUPPORT = {
     "fused": KernelSupport((LIFSpec,), None, None),
     "compiled": KernelSupport((LIFSpec,), ("cpu",), CPU_DTYPES),
-    "triton": KernelSupport((LIFSpec,), ("cuda",), (torch.float32,)),
+    "triton": KernelSupport((LIFSpec,), ("cuda",), TRITON_DTYPES),
 }

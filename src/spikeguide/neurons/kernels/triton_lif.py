@@ -44,7 +44,7 @@ def _forward(cur, spk, mem, stride_t, N, T, decay, threshold,
     u = tl.zeros([BLOCK], dtype=tl.float32)
     for t in range(T):
         h = decay * u
-        h = h + tl.load(cur + t * stride_t + offs, mask=mask, other=0.0)
+        h = h + tl.load(cur + t * stride_t + offs, mask=mask, other=0.0).to(tl.float32)
         s = tl.where(h >= threshold, 1.0, 0.0)
         tl.store(spk + t * N + offs, s, mask=mask)
         if SAVE_H:
@@ -63,14 +63,15 @@ def _backward(grad_s, mem, pre, grad_i, partial, N, T, decay, threshold, width,
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     c = tl.zeros([BLOCK], dtype=tl.float32)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
     for i in range(T):
         t = T - 1 - i
-        h = tl.load(mem + t * N + offs, mask=mask, other=0.0)
-        gs = tl.load(grad_s + t * N + offs, mask=mask, other=0.0)
+        h = tl.load(mem + t * N + offs, mask=mask, other=0.0).to(tl.float32)
+        gs = tl.load(grad_s + t * N + offs, mask=mask, other=0.0).to(tl.float32)
         if SID >= 0:
             sg = _surrogate(h - threshold, width, SID)
         else:
-            sg = tl.load(pre + t * N + offs, mask=mask, other=0.0)
+            sg = tl.load(pre + t * N + offs, mask=mask, other=0.0).to(tl.float32)
         if SOFT:
             if not DETACH:
                 gs = gs - threshold * c
@@ -81,21 +82,23 @@ def _backward(grad_s, mem, pre, grad_i, partial, N, T, decay, threshold, width,
             gh = gs * sg + tl.where(h >= threshold, 0.0, c)
         tl.store(grad_i + t * N + offs, gh, mask=mask)
         c = decay * gh
-    if WANT_DECAY:  # dL/ddecay = sum over t >= 1 of dL/dh_t * u_{t-1}, u_{t-1} from h_{t-1}
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for t in range(1, T):
-            hp = tl.load(mem + (t - 1) * N + offs, mask=mask, other=0.0)
+        # dL/ddecay = sum over t >= 1 of dL/dh_t * u_{t-1}, u_{t-1} from h_{t-1}; gh in fp32
+        if WANT_DECAY and t > 0:
+            hp = tl.load(mem + (t - 1) * N + offs, mask=mask, other=0.0).to(tl.float32)
             sp = tl.where(hp >= threshold, 1.0, 0.0)
             if SOFT:
                 up = hp - threshold * sp
             else:
                 up = hp * (1.0 - sp)
-            acc += tl.load(grad_i + t * N + offs, mask=mask, other=0.0) * up
+            acc += gh * up
+    if WANT_DECAY:
         tl.store(partial + pid, tl.sum(acc, axis=0))
 
 
 class TritonLoops:
-    """Both loops as Triton kernels over float32 ``[T, N]`` rows."""
+    """Both loops as Triton kernels over ``[T, N]`` rows of float32, bfloat16 or float16: the
+    membrane and all arithmetic are float32 in registers, what is read and written (currents,
+    spikes, the saved membrane, gradients) is in the rows' dtype."""
 
     def forward(self, current, decay, threshold, soft, save_h):
         T, N = current.shape

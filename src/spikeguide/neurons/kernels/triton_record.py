@@ -27,7 +27,7 @@ def _record(cur, spk, cnt, elig, stride_t, N, T, decay, threshold, width,
     n = tl.zeros([BLOCK], dtype=tl.int32)
     for t in range(T):
         h = decay * u
-        h = h + tl.load(cur + t * stride_t + offs, mask=mask, other=0.0)
+        h = h + tl.load(cur + t * stride_t + offs, mask=mask, other=0.0).to(tl.float32)
         kappa = kappa * decay + 1.0
         g = _surrogate(h - threshold, width, SID)
         fired = h >= threshold
