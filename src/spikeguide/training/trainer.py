@@ -31,7 +31,7 @@ from ..data import Augment, Dataset, make_loader
 from ..data.loader import mix_seed
 from ..errors import SpikeguideError
 from ..methods import Method
-from .checkpoint import FORMAT, save_checkpoint
+from .checkpoint import FORMAT, PREVIOUS, save_checkpoint
 from .distributed import AMP_DTYPES, DistInfo, all_reduce_sum, convert_sync_batchnorm
 from .optim import build_optimizer, lr_factor
 from .runlog import EpochRecord, RunLog, read_metrics
@@ -157,7 +157,8 @@ class Trainer:
     def save(self, name: str = "latest") -> Path:
         path = self.run_dir / f"{name}.pt"
         if self.dist.is_main:  # every rank holds the same weights: one writes them
-            save_checkpoint(self.state_dict(), path)
+            save_checkpoint(self.state_dict(), path,
+                            previous=self.run_dir / PREVIOUS if name == "latest" else None)
         return path
 
     def _write_config(self) -> None:
