@@ -1,11 +1,14 @@
 """Killed, signalled and distributed runs, as separate processes."""
 
+import errno
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +24,7 @@ from conftest import (
     write_recipe,
 )
 from spikeguide.config import parse_config
+from spikeguide.errors import SpikeguideError
 from spikeguide.training.checkpoint import load_checkpoint
 from spikeguide.training.run import train
 
@@ -205,3 +209,159 @@ def test_sigterm_stops_an_ablation_and_the_same_command_resumes_it(tmp_path, job
     assert done.returncode == 0, done.stderr
     for v in variants:
         assert load_checkpoint(out / f"{v}_T1_s0" / "latest.pt")["epoch"] == 3
+
+
+# ---------------------------------------------------------------- restarts, resume or start
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One epoch of the tiny run, checkpointed every 3 steps: the reference of the fallbacks."""
+    cfg = parse_config(tiny_config(tmp_path_factory.mktemp("ref"), name="ref",
+                                   train={"epochs": 1, "checkpoint_every": 3}))
+    train(cfg)
+    return load_checkpoint(cfg.run_dir / "latest.pt")["model"]
+
+
+# rank 1 of the first process group SIGKILLs itself before the step that would make global
+# step KILL_AT; the restarted group (TORCHELASTIC_RESTART_COUNT 1) trains undisturbed
+KILL_RANK_1 = """
+import os, signal
+if os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
+    from spikeguide.training import trainer
+    real_step = trainer.Trainer._train_step
+    def dying_step(self, x, y):
+        if self.global_step + 1 == int(os.environ["KILL_AT"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_step(self, x, y)
+    trainer.Trainer._train_step = dying_step
+"""
+
+
+def test_a_killed_rank_restarts_the_group_from_its_checkpoint_bit_identically(tmp_path):
+    settings = dict(train={"epochs": 1, "checkpoint_every": 2})
+    command = ["--nproc", "2", "--max-steps", "6"]
+    reference = write_recipe(tmp_path / "ref.toml", tiny_config(tmp_path, name="ref", **settings))
+    assert run_cli("train", str(reference), *command, env=ONE_THREAD).returncode == 0
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(KILL_RANK_1)
+    env = {**ONE_THREAD, "KILL_AT": "5",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), SRC])}
+    recipe = write_recipe(tmp_path / "r.toml", tiny_config(tmp_path, name="killed", **settings))
+    # --overwrite is the first command's: the restarted group must resume, not start over
+    proc = run_cli("train", str(recipe), *command, "--overwrite", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "worker group restart 1 of at most 3: continuing from the last checkpoint" in proc.stderr
+    assert "exitcode: -9" in proc.stderr  # rank 1 did die
+    killed = load_checkpoint(tmp_path / "runs" / "killed" / "latest.pt")
+    assert killed["global_step"] == 6
+    assert state_equal(killed["model"],
+                       load_checkpoint(tmp_path / "runs" / "ref" / "latest.pt")["model"])
+
+
+def test_resume_auto_starts_a_new_run_then_resumes_it(tmp_path, uninterrupted):
+    from spikeguide.cli import build_parser
+
+    parse = lambda *a: build_parser().parse_args(["train", "r.toml", *a]).resume
+    assert (parse(), parse("--resume"), parse("--resume", "auto")) == (False, True, "auto")
+    with pytest.raises(SystemExit):
+        parse("--resume", "yes")
+    cfg = parse_config(tiny_config(tmp_path, train={"epochs": 1, "checkpoint_every": 3}))
+    assert train(cfg, resume="auto", max_steps=5).stopped.step == 5  # nothing there: starts
+    assert train(cfg, resume="auto").stopped is None  # the same call again: resumes
+    assert state_equal(load_checkpoint(cfg.run_dir / "latest.pt")["model"], uninterrupted)
+
+
+# ---------------------------------------------------------------- checkpoint fallback
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip_bytes_mid_file(path):
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 8] = bytes(255 - b for b in data[middle:middle + 8])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [truncate, flip_bytes_mid_file, lambda p: p.unlink()])
+def test_unreadable_latest_falls_back_to_previous_with_one_warning(tmp_path, uninterrupted,
+                                                                   damage, caplog):
+    cfg = parse_config(tiny_config(tmp_path, train={"epochs": 1, "checkpoint_every": 3}))
+    train(cfg, max_steps=7)  # latest.pt at step 7, previous.pt at step 6
+    latest, previous = cfg.run_dir / "latest.pt", cfg.run_dir / "previous.pt"
+    assert load_checkpoint(previous)["global_step"] == 6
+    damage(latest)
+    caplog.clear()
+    train(cfg, resume=True)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert f"cannot read checkpoint {str(latest)!r}" in warnings[0]
+    assert f"resuming from the previous checkpoint {str(previous)!r}" in warnings[0]
+    assert state_equal(load_checkpoint(latest)["model"], uninterrupted)
+    assert load_checkpoint(previous)["global_step"] < 22  # the bad file was not rotated into it
+
+
+def test_unreadable_latest_without_previous_is_a_one_line_error(tmp_path):
+    cfg = parse_config(tiny_config(tmp_path, train={"epochs": 1}))
+    train(cfg, max_steps=1)
+    assert not (cfg.run_dir / "previous.pt").exists()
+    truncate(cfg.run_dir / "latest.pt")
+    with pytest.raises(SpikeguideError, match=r"^cannot read checkpoint .*latest\.pt': [^\n]*$"):
+        train(cfg, resume="auto")
+
+
+class FillsUp:
+    """A file whose disk fills up after ``room`` bytes."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def flush(self):
+        self.f.flush()
+
+
+def test_full_disk_while_saving_is_one_line_and_keeps_the_checkpoints(tmp_path, uninterrupted,
+                                                                      monkeypatch):
+    import spikeguide.training.checkpoint as ck
+
+    cfg = parse_config(tiny_config(tmp_path, train={"epochs": 1, "checkpoint_every": 3}))
+    train(cfg, max_steps=6)
+    before = {p.name: p.read_bytes() for p in cfg.run_dir.glob("*.pt")}
+    assert sorted(before) == ["latest.pt", "previous.pt"]
+    real_save = torch.save
+    monkeypatch.setattr(ck.torch, "save", lambda obj, f: real_save(obj, FillsUp(f, 4096)))
+    with pytest.raises(SpikeguideError) as stop:
+        train(cfg, resume=True)
+    assert re.fullmatch(r"cannot write checkpoint '.*latest\.pt' \(No space left on device\); the "
+                        r"checkpoints already in that folder are unchanged: make room, then "
+                        r"resume with --resume auto", str(stop.value))
+    assert {p.name: p.read_bytes() for p in cfg.run_dir.glob("*.pt")} == before
+    assert not list(cfg.run_dir.glob(".*.tmp"))
+    monkeypatch.setattr(ck.torch, "save", real_save)  # room made
+    train(cfg, resume="auto")
+    assert state_equal(load_checkpoint(cfg.run_dir / "latest.pt")["model"], uninterrupted)
+
+
+def test_each_rename_is_followed_by_a_folder_fsync(tmp_path, monkeypatch):
+    import spikeguide.training.checkpoint as ck
+
+    calls = []
+    real_replace = os.replace
+    monkeypatch.setattr(ck.os, "replace",
+                        lambda a, b: (calls.append(("rename", Path(b).name)), real_replace(a, b)))
+    monkeypatch.setattr(ck, "fsync_dir", lambda folder: calls.append(("fsync", folder)))
+    for step in (1, 2):
+        ck.save_checkpoint({"model": {}, "step": step}, tmp_path / "latest.pt",
+                           previous=tmp_path / "previous.pt")
+    assert calls == [("rename", "latest.pt"), ("fsync", tmp_path),
+                     ("rename", "previous.pt"), ("fsync", tmp_path),
+                     ("rename", "latest.pt"), ("fsync", tmp_path)]
+    assert [load_checkpoint(tmp_path / f"{n}.pt")["step"] for n in ("previous", "latest")] == [1, 2]
