@@ -71,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .training.distributed import launch
 
         argv = strip_option(strip_option(sys.argv[1:], "--nproc"), "--max-restarts")
-        return launch(args.nproc, argv, args.max_restarts)
+        launch(args.nproc, argv, args.max_restarts)
     cfg = load_config(args.recipe, args.set + (["data.options.download=true"] if args.download else []))
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps)
     if not summary.is_main:
