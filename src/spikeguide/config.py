@@ -23,6 +23,7 @@ from .errors import SpikeguideError
 from .methods import METHODS
 from .models import MODELS
 from .neurons import Surrogate, get_surrogate, neuron_factory, neuron_options
+from .training.cudagraph import CUDA_GRAPH
 from .training.distributed import AMP_DTYPES
 from .training.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_ON
 
@@ -128,6 +129,11 @@ class TrainConfig:
     sync_batchnorm: bool = False  # with several processes: BN statistics over the global batch
     channels_last: bool = False  # NHWC image activations (faster convolutions; docs/speed.md)
     progress: bool = True  # progress bars (only shown on a terminal)
+    # read the loss, accuracy and finite-loss check off the device every N steps (docs/speed.md)
+    log_every: int = 50
+    # capture the training step as a CUDA graph: auto | true | false (docs/speed.md; not yet
+    # run on a GPU, hence off by default)
+    cuda_graph: str = "false"
     threads: int = 0  # torch threads; 0: the CPUs free to this process (training/threads.py)
 
 
@@ -328,6 +334,7 @@ CHOICES = {
     "optim.weight_decay_on": WEIGHT_DECAY_ON,
     "data.loader": LOADERS,
     "train.amp": tuple(AMP_DTYPES),
+    "train.cuda_graph": CUDA_GRAPH,
 }
 
 
@@ -346,7 +353,7 @@ def validate(cfg: Config) -> None:
             raise SpikeguideError(f"{key} must be one of {choices}, got {_get(cfg, key)!r}")
     for key, low in [("model.T", 1), ("train.epochs", 1), ("data.batch_size", 1),
                      ("data.eval_batch_size", 1), ("train.checkpoint_every", 0),
-                     ("train.threads", 0)]:
+                     ("train.threads", 0), ("train.log_every", 1)]:
         if _get(cfg, key) < low:
             raise SpikeguideError(f"{key} must be >= {low}, got {_get(cfg, key)}")
     for key in ("optim.lr", "model.width"):

@@ -2,12 +2,13 @@
 
 Randomness comes only from the generator passed in. Numbers are drawn on the generator's own
 device and then moved to the batch's device, so a CPU generator (what the Trainer passes)
-gives the same augmentation on CPU and on GPU; a CUDA generator avoids the small transfer.
+gives the same augmentation on CPU and on GPU; the draws reach a GPU from pinned memory without
+blocking, so augmenting never makes the host wait for the GPU.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from ..errors import SpikeguideError
 from .decode import RandomResizedCrop
 from .policies import apply_policy
+from .transfer import to_device
 
 POLICIES = ("autoaugment", "trivialaugment")
 
@@ -81,6 +83,8 @@ class Augment:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    # (mean, std) tensors per device, built once
+    _stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.crop_scale, self.crop_ratio = tuple(self.crop_scale), tuple(self.crop_ratio)
@@ -120,7 +124,7 @@ class Augment:
         def draw_int(low: int, high: int) -> torch.Tensor:
             drawn = torch.randint(low, high, (b * parts,), generator=generator,
                                   device=generator.device)
-            return drawn[rows].to(x.device)
+            return to_device(drawn[rows], x.device)
 
         if self.crop_padding:
             span = 2 * self.crop_padding + 1
@@ -146,6 +150,8 @@ class Augment:
     def _standardize(self, x: torch.Tensor) -> torch.Tensor:
         if self.mean is None:
             return x
-        mean = torch.tensor(self.mean, device=x.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(-1, 1, 1)
+        if x.device not in self._stats:
+            self._stats[x.device] = (torch.tensor(self.mean, device=x.device).view(-1, 1, 1),
+                                     torch.tensor(self.std, device=x.device).view(-1, 1, 1))
+        mean, std = self._stats[x.device]
         return (x - mean) / std

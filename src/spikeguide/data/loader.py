@@ -39,8 +39,7 @@ class InMemoryLoader(BatchOrder):
         self.y = dataset.y.to(self.device)
 
     def iter_from(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in self.batch_indices(step):
-            batch = batch.to(self.device)
+        for batch in self.batch_indices(step, self.device):
             yield self.x[batch], self.y[batch]
 
 

@@ -60,9 +60,11 @@ class BatchOrder:
         generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
         return torch.randperm(self.size, generator=generator)
 
-    def batch_indices(self, step: int) -> Iterator[torch.Tensor]:
-        """This rank's sample indices of each batch from ``step`` to the end of the epoch."""
-        order = self.order()
+    def batch_indices(self, step: int, device: torch.device | None = None
+                      ) -> Iterator[torch.Tensor]:
+        """This rank's sample indices of each batch from ``step`` to the end of the epoch, on
+        ``device`` (default the CPU; the order moves there once per epoch)."""
+        order = self.order() if device is None else self.order().to(device)
         for start in range(step * self.batch_size, len(self) * self.batch_size, self.batch_size):
             batch = order[start:start + self.batch_size]
             yield batch.tensor_split(self.world_size)[self.rank] if self.world_size > 1 else batch

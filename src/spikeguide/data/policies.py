@@ -9,8 +9,12 @@ torchvision's defaults do.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
+
+from .transfer import to_device
 
 OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness",
        "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize",
@@ -49,8 +53,10 @@ CIFAR10_POLICY = (
 )
 
 
+@functools.lru_cache(maxsize=8)
 def magnitude_table(policy: str, height: int, width: int) -> torch.Tensor:
-    """``[len(OPS), bins]`` magnitudes (unsigned) of each op at each bin."""
+    """``[len(OPS), bins]`` magnitudes (unsigned) of each op at each bin (CPU; not to be
+    modified: it is built once)."""
     wide = policy == "trivialaugment"
     bins = 31 if wide else 10
     top = {
@@ -104,14 +110,19 @@ def sample_stages(policy: str, batch: int, height: int, width: int,
 def apply_policy(x: torch.Tensor, policy: str, generator: torch.Generator,
                  batch: int | None = None, rows: slice = slice(None)) -> torch.Tensor:
     """``x`` float ``[B, C, H, W]`` in [0, 1], each sample augmented by its own draw; ``x`` may
-    be the ``rows`` of a batch of ``batch`` samples, drawn for the whole batch."""
+    be the ``rows`` of a batch of ``batch`` samples, drawn for the whole batch.
+
+    Which samples take which op is found on the generator's device (the host for a CPU
+    generator), so that a GPU batch is never waited for; only the indices and magnitudes move.
+    """
     x = x.clone()
     stages = sample_stages(policy, batch or x.shape[0], x.shape[2], x.shape[3], generator)
     for op, mag, applied in stages:
-        op, mag, applied = op[rows].to(x.device), mag[rows].to(x.device), applied[rows].to(x.device)
+        op, applied, mag = op[rows], applied[rows], to_device(mag[rows], x.device)
         for k, name in enumerate(OPS):
             chosen = (applied & (op == k)).nonzero().squeeze(1)
             if name != "Identity" and chosen.numel():
+                chosen = to_device(chosen, x.device)
                 x[chosen] = FUNCTIONS[name](x[chosen], mag[chosen])
     return x
 

@@ -105,10 +105,12 @@ class LIF(SpikingNeuron):
         self._init_decay(decay)
 
     def _init_decay(self, decay: float) -> None:
-        self.register_buffer("decay", torch.tensor(float(decay)), persistent=False)
+        # a Python float, not a tensor: reading a GPU tensor's value would make every forward
+        # wait for the GPU
+        self.decay = float(decay)
 
     def membrane_decay(self) -> float | torch.Tensor:
-        return float(self.decay)
+        return self.decay
 
     def charge(self, u, current):
         return self.membrane_decay() * u + current

@@ -172,7 +172,9 @@ def update_running_stats(bn: BatchNorm, mean: torch.Tensor, var: torch.Tensor, n
     if not (bn.training and bn.track_running_stats and bn.running_mean is not None):
         return
     bn.num_batches_tracked.add_(1)
-    factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    factor = bn.momentum
+    if factor is None:  # a cumulative average; a tensor, so that the host does not wait for it
+        factor = (1.0 / bn.num_batches_tracked).to(bn.running_mean.dtype)
     bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
     bn.running_var.lerp_((var * (n / (n - 1))).to(bn.running_var.dtype), factor)
 

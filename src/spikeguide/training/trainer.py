@@ -32,7 +32,9 @@ from ..data.loader import mix_seed
 from ..errors import SpikeguideError
 from ..methods import Method
 from .checkpoint import FORMAT, PREVIOUS, save_checkpoint
+from .cudagraph import GraphedStep, use_cuda_graph
 from .distributed import AMP_DTYPES, DistInfo, all_reduce_sum, convert_sync_batchnorm
+from .meter import Reading, StepMeter
 from .optim import build_optimizer, lr_factor
 from .runlog import EpochRecord, RunLog, read_metrics
 from .scoring import Scores, score_model
@@ -111,11 +113,14 @@ class Trainer:
             lambda s: lr_factor(s, total, warmup, cfg.optim.schedule, min_ratio),
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16")
+        self.graphed = (GraphedStep(self._device_step, self.optimizer)
+                        if use_cuda_graph(cfg, device, method, dist, self.optimizer) else None)
         self.epoch = 0  # the epoch in progress (or next to start)
         self.step = 0  # batches of that epoch already trained
         self.global_step = 0
         self.best_top1 = -math.inf
-        self.epoch_stats = {"loss": 0.0, "correct": 0, "seen": 0}
+        self.epoch_stats = {"loss": 0.0, "correct": 0, "seen": 0}  # as of the meter's last read
+        self.meter = StepMeter(device)
         self.stop_signal: int | None = None
         # training seconds of earlier processes of this run (resumed) and when this fit began:
         # the log's elapsed_s counts the whole run, not one process
@@ -155,6 +160,9 @@ class Trainer:
         self.elapsed_before = state.get("elapsed_s", 0.0)  # absent in older checkpoints
 
     def save(self, name: str = "latest") -> Path:
+        """Write a checkpoint (every process calls this: the meter is read first, so that a
+        non-finite loss since the last read stops the run before weights are written)."""
+        self._read()
         path = self.run_dir / f"{name}.pt"
         if self.dist.is_main:  # every rank holds the same weights: one writes them
             save_checkpoint(self.state_dict(), path,
@@ -172,23 +180,27 @@ class Trainer:
 
     def _autocast(self):
         dtype = AMP_DTYPES[self.cfg.train.amp]
-        return nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+        if dtype is None:
+            return nullcontext()
+        # a CUDA graph replays casts, so autocast must not cache them across steps
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=self.graphed is None)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> bool:
-        """One optimizer step; returns whether any process asked to stop."""
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One optimizer step. Nothing here waits for the device: the loss, accuracy and finite
+        check go to :attr:`meter`, read by :meth:`_read`."""
         gen = torch.Generator().manual_seed(mix_seed(self.cfg.train.seed, self.epoch, self.step))
         x = self.augment(x, gen, shard=(self.dist.rank, self.dist.world_size))
+        (self.graphed or self._device_step)(x, y)
+        self.scheduler.step()
+        self.meter.seen += len(y)
+        self.step += 1
+        self.global_step += 1
+
+    def _device_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Forward, backward, optimizer update and the meter's sums: device work only (what
+        ``train.cuda_graph`` captures)."""
         with self._autocast():
             loss, logits = self.engine(x, y)
-        loss_sum, stop = all_reduce_sum([float(loss.detach()), self.stop_signal is not None],
-                                        self.dist)
-        if not math.isfinite(loss_sum):
-            raise SpikeguideError(
-                f"the loss became {loss_sum / self.dist.world_size} at epoch {self.epoch + 1} "
-                f"step {self.step}; training stopped and the last good checkpoint in "
-                f"{str(self.run_dir)!r} is kept. Usual remedies: a lower optim.lr, another "
-                "surrogate.width, train.grad_clip"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.train.grad_clip is not None:
@@ -196,13 +208,39 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
-        self.epoch_stats["loss"] += float(loss.detach()) * len(y)
-        self.epoch_stats["correct"] += int((logits.argmax(1) == y).sum())
-        self.epoch_stats["seen"] += len(y)
-        self.step += 1
-        self.global_step += 1
-        return stop > 0
+        self.meter.add(loss, logits, y)
+
+    def _read(self, stop: bool = False) -> Reading:
+        """Wait for the device and read the meter (summed over processes); a non-finite loss
+        since the last read stops the run here, before anything is saved."""
+        reading = self.meter.read(self.step, self.dist, stop)
+        if reading.nonfinite_at is not None:
+            value = ("not finite on another process" if reading.nonfinite_loss is None
+                     else reading.nonfinite_loss)
+            raise SpikeguideError(
+                f"the loss became {value} at epoch {self.epoch + 1} step {reading.nonfinite_at}; "
+                f"training stopped and the last good checkpoint in {str(self.run_dir)!r} is "
+                "kept. Usual remedies: a lower optim.lr, another surrogate.width, train.grad_clip"
+            )
+        before = self.epoch_stats
+        self.epoch_stats = {"loss": reading.loss_sum, "correct": reading.correct,
+                            "seen": reading.seen}
+        if reading.seen > before["seen"]:
+            seen = reading.seen - before["seen"]
+            log.debug("epoch %d step %d: train loss %.4f top1 %.2f over the last %d samples",
+                      self.epoch + 1, self.step, (reading.loss_sum - before["loss"]) / seen,
+                      100 * (reading.correct - before["correct"]) / seen, seen)
+        return reading
+
+    def _should_stop(self, max_steps: int | None) -> bool:
+        """After a step: whether to stop (a signal, ``max_steps``); reads the meter every
+        ``train.log_every`` steps. Processes agree on a signal at those reads."""
+        signalled = self.stop_signal is not None
+        if self.global_step % self.cfg.train.log_every == 0 or self.global_step == max_steps:
+            signalled = self._read(stop=signalled).stop
+        elif self.dist.enabled:
+            signalled = False
+        return signalled or self.global_step == max_steps
 
     @contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
@@ -239,14 +277,18 @@ class Trainer:
         try:
             with self._stop_on_signals():
                 while self.epoch < epochs:
+                    # a resumed epoch's sums so far: rank 0 holds them (the sums of all ranks)
+                    stats = self.epoch_stats if self.dist.is_main else {}
+                    self.meter.start_epoch(stats.get("loss", 0.0), stats.get("correct", 0),
+                                           stats.get("seen", 0), self.step)
                     self.method.train()
                     self.train_loader.set_epoch(self.epoch)
                     bar = tqdm(self.train_loader.iter_from(self.step), total=len(self.train_loader),
                                initial=self.step, desc=f"epoch {self.epoch + 1}/{epochs}",
                                leave=False, disable=show)
                     for x, y in bar:
-                        stop = self._train_step(x, y)
-                        if stop or self.global_step == max_steps:
+                        self._train_step(x, y)
+                        if self._should_stop(max_steps):
                             bar.close()
                             path = self.save("latest")
                             finished = read_metrics(self.run_dir)
@@ -267,9 +309,8 @@ class Trainer:
         return self.elapsed_before + time.time() - self.fit_start
 
     def _end_epoch(self, elapsed: float) -> EpochRecord:
-        loss, correct, seen = all_reduce_sum(
-            [self.epoch_stats["loss"], self.epoch_stats["correct"], self.epoch_stats["seen"]],
-            self.dist)
+        reading = self._read()
+        loss, correct, seen = reading.loss_sum, reading.correct, reading.seen
         scores = self.test()
         record = EpochRecord(epoch=self.epoch + 1, global_step=self.global_step,
                              lr=self.optimizer.param_groups[0]["lr"], train_loss=loss / seen,
@@ -278,6 +319,7 @@ class Trainer:
         self.best_top1 = max(self.best_top1, scores.top1)
         self.epoch, self.step = self.epoch + 1, 0
         self.epoch_stats = {"loss": 0.0, "correct": 0, "seen": 0}
+        self.meter.start_epoch()
         # this order keeps the log, best.pt and latest.pt consistent if killed in between:
         # a resume from the previous latest.pt redoes the epoch and rewrites both
         if self.dist.is_main:
