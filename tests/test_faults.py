@@ -1,6 +1,8 @@
 """Killed, signalled and distributed runs, as separate processes."""
 
 import errno
+import json
+import math
 import os
 import random
 import re
@@ -365,3 +367,76 @@ def test_each_rename_is_followed_by_a_folder_fsync(tmp_path, monkeypatch):
                      ("rename", "previous.pt"), ("fsync", tmp_path),
                      ("rename", "latest.pt"), ("fsync", tmp_path)]
     assert [load_checkpoint(tmp_path / f"{n}.pt")["step"] for n in ("previous", "latest")] == [1, 2]
+
+
+# ---------------------------------------------------------------- non-finite losses
+
+def poison_losses(monkeypatch, calls):
+    """The bptt method's loss becomes NaN at the given training forward calls (1-based)."""
+    from spikeguide.methods import METHODS
+
+    cls = METHODS.get("bptt")
+    real_forward, count = cls.forward, iter(range(1, 10**6))
+
+    def forward(self, x, y):
+        loss, logits = real_forward(self, x, y)
+        return (loss * float("nan") if next(count) in calls else loss), logits
+
+    monkeypatch.setattr(cls, "forward", forward)
+
+
+def events(run_dir):
+    lines = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in ln.items() if k != "event"} for ln in lines if "event" in ln]
+
+
+def nan_config(tmp_path, **train):
+    return parse_config(tiny_config(tmp_path, data={"train_subset": 640},
+                                    train={"epochs": 1, "checkpoint_every": 3, **train}))
+
+
+def test_on_nonfinite_stop_keeps_the_checkpoint_and_records_the_stop(tmp_path, monkeypatch):
+    cfg = nan_config(tmp_path)
+    poison_losses(monkeypatch, {5})
+    with pytest.raises(SpikeguideError, match=r"^the loss became nan at epoch 1 step 4; training "
+                                              r"stopped and the last good checkpoint"):
+        train(cfg)
+    assert load_checkpoint(cfg.run_dir / "latest.pt")["global_step"] == 3
+    assert events(cfg.run_dir) == [{"action": "stop", "epoch": 1, "step": 4, "global_step": 6,
+                                     "loss": "nan"}]  # the read at step 6 found it
+
+
+def test_on_nonfinite_skip_drops_and_counts_the_step(tmp_path, monkeypatch, caplog):
+    cfg = nan_config(tmp_path, on_nonfinite="skip")
+    poison_losses(monkeypatch, {5, 7})
+    summary = train(cfg)
+    assert summary.stopped is None and math.isfinite(summary.last.train_loss)
+    state = load_checkpoint(cfg.run_dir / "latest.pt")
+    assert state["nonfinite"] == {"skipped": 2, "rollbacks": 0} and state["global_step"] == 10
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert [(e["action"], e["step"], e["skipped"]) for e in events(cfg.run_dir)] == \
+        [("skip", 4, 1), ("skip", 6, 2)]
+    assert sum("on_nonfinite = skip" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_on_nonfinite_rollback_returns_to_the_checkpoint_with_a_smaller_lr(tmp_path, monkeypatch):
+    cfg = nan_config(tmp_path, on_nonfinite="rollback", rollback_lr_factor=0.25)
+    poison_losses(monkeypatch, {5})
+    assert train(cfg).stopped is None
+    state = load_checkpoint(cfg.run_dir / "latest.pt")
+    assert state["nonfinite"] == {"skipped": 0, "rollbacks": 1} and state["global_step"] == 10
+    assert state["scheduler"]["base_lrs"] == [0.05 * 0.25]
+    (event,) = events(cfg.run_dir)
+    assert (event["action"], event["step"], event["global_step"], event["resumed_step"],
+            event["lr_factor"]) == ("rollback", 4, 6, 3, 0.25)
+
+
+def test_on_nonfinite_rollback_stops_after_max_rollbacks(tmp_path, monkeypatch):
+    cfg = nan_config(tmp_path, on_nonfinite="rollback", max_rollbacks=2)
+    poison_losses(monkeypatch, set(range(5, 100)))
+    # after a rollback to step 3, the first step trained again is NaN too
+    with pytest.raises(SpikeguideError, match=r"at epoch 1 step 3 after 2 rollbacks "
+                                              r"\(train.max_rollbacks\); training stopped"):
+        train(cfg)
+    assert [e["action"] for e in events(cfg.run_dir)] == ["rollback", "rollback", "stop"]
+    assert load_checkpoint(cfg.run_dir / "latest.pt")["global_step"] == 3
