@@ -6,7 +6,7 @@ Every run is the ``spikeguide train`` command in processes of its own (one torch
 ResNet-20 at 1/16 width on 8x8 digits (640 training images, batches of 64, one epoch of 10
 steps, a checkpoint every 2 steps), or on a generated folder of PNG images with the streaming loader. Faults are
 injected from a ``sitecustomize`` module that the runs import (environment variables say which
-fault, where). A fault is survived when the run either ends as it should or stops with one clear
+fault, where; ``fault_injection.py``). A fault is survived when the run either ends as it should or stops with one clear
 line (exit code 2) and then, rerun with ``--resume auto``, ends as it should. What was lost is
 judged against an uninterrupted run of the same recipe: the final weights must be bit-identical
 where the fault is a kill, a stop or a restart; where the run must refuse (a checkpoint of
@@ -37,68 +37,10 @@ from common import cpu_name, load_average
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = str(ROOT / "src")
+BENCHMARKS = str(ROOT / "benchmarks")
 
-# the faults, driven by environment variables; imported by every process the runs start
-SITECUSTOMIZE = r'''
-import os, signal
-
-def _inject():
-    import errno
-    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    kills = os.environ.get("FAULT_KILL_RANK")  # "rank:step,rank:step": one per attempt
-    nan_from = os.environ.get("FAULT_NAN")  # "first:last" training forward calls (1-based)
-    full_disk = os.environ.get("FAULT_FULL_DISK")  # the Nth checkpoint write fills the disk
-    worker_flag = os.environ.get("FAULT_KILL_WORKER")  # a file: the first worker read dies
-    if kills:
-        plan = [tuple(map(int, k.split(":"))) for k in kills.split(",")]
-        if restart < len(plan) and int(os.environ.get("RANK", "0")) == plan[restart][0]:
-            from spikeguide.training import trainer
-            real_step, at = trainer.Trainer._train_step, plan[restart][1]
-            def dying_step(self, x, y):
-                if self.global_step + 1 == at:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return real_step(self, x, y)
-            trainer.Trainer._train_step = dying_step
-    if nan_from:
-        from spikeguide.methods import METHODS
-        cls = METHODS.get("bptt")
-        first, last = map(int, nan_from.split(":"))
-        real_forward, calls = cls.forward, [0]
-        def forward(self, x, y):
-            loss, logits = real_forward(self, x, y)
-            calls[0] += 1
-            return (loss * float("nan") if first <= calls[0] <= last else loss), logits
-        cls.forward = forward
-    if full_disk:  # torch.save writes nothing but checkpoints in spikeguide
-        import torch
-        real_save, saves = torch.save, [0]
-        class FillsUp:
-            def __init__(self, f):
-                self.f, self.room = f, 4096
-            def write(self, data):
-                if len(data) > self.room:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                self.room -= len(data)
-                return self.f.write(data)
-            def flush(self):
-                self.f.flush()
-        def save(obj, f):
-            saves[0] += 1
-            return real_save(obj, FillsUp(f) if saves[0] == int(full_disk) else f)
-        torch.save = save
-    if worker_flag:
-        import torch
-        from spikeguide.data.imagefiles import ImageFiles
-        real_read = ImageFiles.read
-        def read(self, *args, **kwargs):
-            if torch.utils.data.get_worker_info() is not None and not os.path.exists(worker_flag):
-                open(worker_flag, "w").close()
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real_read(self, *args, **kwargs)
-        ImageFiles.read = read
-
-_inject()
-'''
+# every process the runs start imports this, and fault_injection.py injects what the environment asks
+SITECUSTOMIZE = "import fault_injection\nfault_injection.inject()\n"
 
 
 @dataclass
@@ -138,7 +80,8 @@ class Bench:
 
     def env(self, **faults: str) -> dict[str, str]:
         return {**os.environ, "OMP_NUM_THREADS": "1",
-                "PYTHONPATH": os.pathsep.join([str(self.work / "site"), SRC]), **faults}
+                "PYTHONPATH": os.pathsep.join([str(self.work / "site"), BENCHMARKS, SRC]),
+                **faults}
 
     def start(self, recipe: Path, *args: str, **faults: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "spikeguide", "train", str(recipe), *args],

@@ -1,6 +1,5 @@
 """Killed, signalled and distributed runs, as separate processes."""
 
-import errno
 import json
 import math
 import os
@@ -224,19 +223,7 @@ def uninterrupted(tmp_path_factory):
     return load_checkpoint(cfg.run_dir / "latest.pt")["model"]
 
 
-# rank 1 of the first process group SIGKILLs itself before the step that would make global
-# step KILL_AT; the restarted group (TORCHELASTIC_RESTART_COUNT 1) trains undisturbed
-KILL_RANK_1 = """
-import os, signal
-if os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
-    from spikeguide.training import trainer
-    real_step = trainer.Trainer._train_step
-    def dying_step(self, x, y):
-        if self.global_step + 1 == int(os.environ["KILL_AT"]):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real_step(self, x, y)
-    trainer.Trainer._train_step = dying_step
-"""
+BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
 
 
 def test_a_killed_rank_restarts_the_group_from_its_checkpoint_bit_identically(tmp_path):
@@ -245,9 +232,11 @@ def test_a_killed_rank_restarts_the_group_from_its_checkpoint_bit_identically(tm
     reference = write_recipe(tmp_path / "ref.toml", tiny_config(tmp_path, name="ref", **settings))
     assert run_cli("train", str(reference), *command, env=ONE_THREAD).returncode == 0
     (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text(KILL_RANK_1)
-    env = {**ONE_THREAD, "KILL_AT": "5",
-           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), SRC])}
+    (tmp_path / "site" / "sitecustomize.py").write_text("import fault_injection\n"
+                                                         "fault_injection.inject()\n")
+    # rank 1 of the first group SIGKILLs itself before global step 5; the restarted group trains
+    env = {**ONE_THREAD, "FAULT_KILL_RANK": "1:5",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), BENCHMARKS, SRC])}
     recipe = write_recipe(tmp_path / "r.toml", tiny_config(tmp_path, name="killed", **settings))
     # --overwrite is the first command's: the restarted group must resume, not start over
     proc = run_cli("train", str(recipe), *command, "--overwrite", env=env)
@@ -314,25 +303,12 @@ def test_unreadable_latest_without_previous_is_a_one_line_error(tmp_path):
         train(cfg, resume="auto")
 
 
-class FillsUp:
-    """A file whose disk fills up after ``room`` bytes."""
-
-    def __init__(self, f, room):
-        self.f, self.room = f, room
-
-    def write(self, data):
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self.f.write(data)
-
-    def flush(self):
-        self.f.flush()
-
-
 def test_full_disk_while_saving_is_one_line_and_keeps_the_checkpoints(tmp_path, uninterrupted,
                                                                       monkeypatch):
     import spikeguide.training.checkpoint as ck
+
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    from fault_injection import FillsUp
 
     cfg = parse_config(tiny_config(tmp_path, train={"epochs": 1, "checkpoint_every": 3}))
     train(cfg, max_steps=6)
@@ -440,3 +416,16 @@ def test_on_nonfinite_rollback_stops_after_max_rollbacks(tmp_path, monkeypatch):
         train(cfg)
     assert [e["action"] for e in events(cfg.run_dir)] == ["rollback", "rollback", "stop"]
     assert load_checkpoint(cfg.run_dir / "latest.pt")["global_step"] == 3
+
+
+# ---------------------------------------------------------------- the fault benchmark
+
+def test_fault_benchmark_quick_subset_survives_every_fault(tmp_path):
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "faults.py"
+    done = subprocess.run([sys.executable, str(bench), "--quick", "--work", str(tmp_path)],
+                          env={**os.environ, "PYTHONPATH": SRC, **ONE_THREAD},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "faults survived: 2 / 2" in done.stdout
+    assert "| corrupted latest.pt |" in done.stdout and "nothing (bit-identical) | yes |" in done.stdout
+    assert "| checkpoint of another model |" in done.stdout
