@@ -59,7 +59,7 @@ class Bench:
         self.work, self.rng = work, random.Random(seed)
         (work / "site").mkdir(parents=True, exist_ok=True)
         (work / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
-        self.references: dict[str, dict] = {}
+        self.references: dict[tuple, dict] = {}
 
     def recipe(self, name: str, **sections) -> Path:
         cfg = {"name": name, "out_dir": str(self.work / "runs"),
@@ -69,8 +69,8 @@ class Bench:
                         "augment": {"crop_padding": 1, "flip": False}},
                "optim": {"lr": 0.05},
                "train": {"epochs": 1, "checkpoint_every": 2, "progress": False}}
-        for key, value in sections.items():
-            cfg[key] = {**cfg.get(key, {}), **value}
+        for key, value in sections.items():  # a None drops the field
+            cfg[key] = {k: v for k, v in {**cfg.get(key, {}), **value}.items() if v is not None}
         path = self.work / f"{name}.toml"
         path.write_text(tomli_w.dumps(cfg))
         return path
@@ -97,14 +97,17 @@ class Bench:
         return torch.load(self.run_dir(recipe) / "latest.pt", weights_only=True)["model"]
 
     def reference(self, recipe: Path, *args: str) -> dict:
-        """The final weights of ``recipe`` trained without a fault (once per recipe)."""
-        key = recipe.stem
+        """The final weights of ``recipe`` trained without a fault (once per config and
+        command: recipes that differ in their name alone share it)."""
+        name = f'name = "{recipe.stem}"'
+        key = (recipe.read_text().replace(name, ""), args)
         if key not in self.references:
-            ref = recipe.with_name(f"{key}_ref.toml")
-            ref.write_text(recipe.read_text().replace(f'name = "{key}"', f'name = "{key}_ref"'))
-            done = self.train(ref, *args)
+            ref = recipe.with_name(f"{recipe.stem}_ref.toml")
+            ref.write_text(recipe.read_text().replace(name, f'name = "{recipe.stem}_ref"'))
+            done = self.train(ref, "--overwrite", *args)
             if done.returncode != 0:
-                raise RuntimeError(f"the reference run of {key} failed: {done.stderr[-2000:]}")
+                raise RuntimeError(f"the reference run of {recipe.stem} failed: "
+                                   f"{done.stderr[-2000:]}")
             self.references[key] = self.weights(ref)
         return self.references[key]
 
@@ -201,7 +204,8 @@ def corrupt_latest(b: Bench) -> Result:
 
 def nan_loss(policy: str) -> Callable[[Bench], Result]:
     def fault(b: Bench) -> Result:
-        recipe = b.recipe(f"nan_{policy}", train={"on_nonfinite": policy})
+        recipe = b.recipe(f"nan_{policy}",
+                          train={} if policy == "stop" else {"on_nonfinite": policy})
         injected = "NaN loss at step 5"
         first = b.train(recipe, "--overwrite", FAULT_NAN="5:5")
         if policy == "stop":
@@ -320,11 +324,14 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="the fast subset (the test suite's)")
     p.add_argument("--work", default="runs/faults_bench", help="scratch folder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="draws the kill steps and times")
+    p.add_argument("--only", nargs="+", choices=[f.__name__ for f in FAULTS], default=None,
+                   metavar="FAULT", help="these faults alone (default: all, or the quick subset)")
     args = p.parse_args()
     bench = Bench(Path(args.work).resolve(), args.seed)
     start, load = time.time(), load_average()
     results = []
-    for fault in QUICK if args.quick else FAULTS:
+    chosen = [f for f in FAULTS if f.__name__ in args.only] if args.only else None
+    for fault in chosen or (QUICK if args.quick else FAULTS):
         t0 = time.time()
         results.append(fault(bench))
         print(f"{fault.__name__}: {'ok' if results[-1].ok else 'FAILED'} "
