@@ -42,6 +42,12 @@ def strip_option(argv: list[str], name: str) -> list[str]:
     return out
 
 
+def resume_value(text: str) -> str:
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"expected 'auto' or nothing, got {text!r}")
+    return text
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .commands.quickstart import run_quickstart
 
@@ -64,7 +70,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         from .training.distributed import launch
 
-        return launch(args.nproc, strip_option(sys.argv[1:], "--nproc"))
+        argv = strip_option(strip_option(sys.argv[1:], "--nproc"), "--max-restarts")
+        launch(args.nproc, argv, args.max_restarts)
     cfg = load_config(args.recipe, args.set + (["data.options.download=true"] if args.download else []))
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps)
     if not summary.is_main:
@@ -183,13 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train from a TOML recipe")
     p.add_argument("recipe")
     add_set(p)
-    p.add_argument("--resume", action="store_true", help="continue the run from its latest.pt")
+    p.add_argument("--resume", nargs="?", const=True, default=False, type=resume_value,
+                   metavar="auto", help="continue the run from its latest.pt; '--resume auto' "
+                   "continues when the run directory holds a checkpoint and starts otherwise")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run")
     p.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after N steps")
     p.add_argument("--download", action="store_true",
                    help="fetch missing data from its official source (checksums verified)")
     p.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes on this machine (launches torchrun)")
+    p.add_argument("--max-restarts", type=int, default=3, metavar="N",
+                   help="with --nproc: restart a failed process group up to N times, each time "
+                        "from the last checkpoint (default: %(default)s)")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run directory or checkpoint on its test split")

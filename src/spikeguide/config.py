@@ -26,6 +26,7 @@ from .neurons import Surrogate, get_surrogate, neuron_factory, neuron_options
 from .training.compile import COMPILE_MODES
 from .training.cudagraph import CUDA_GRAPH
 from .training.distributed import AMP_DTYPES
+from .training.nonfinite import POLICIES
 from .training.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_ON
 
 if sys.version_info >= (3, 11):
@@ -137,6 +138,11 @@ class TrainConfig:
     cuda_graph: str = "false"
     threads: int = 0  # torch threads; 0: the CPUs free to this process (training/threads.py)
     compile: str = "none"  # none | default | max-autotune | reduce-overhead (torch.compile's modes)
+    # a non-finite loss: stop | skip | rollback (training/nonfinite.py); rollback returns to the
+    # last checkpoint with the learning rate times rollback_lr_factor, at most max_rollbacks times
+    on_nonfinite: str = "stop"
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 3
 
 
 @dataclass
@@ -338,6 +344,7 @@ CHOICES = {
     "train.amp": tuple(AMP_DTYPES),
     "train.cuda_graph": CUDA_GRAPH,
     "train.compile": COMPILE_MODES,
+    "train.on_nonfinite": POLICIES,
 }
 
 
@@ -356,13 +363,13 @@ def validate(cfg: Config) -> None:
             raise SpikeguideError(f"{key} must be one of {choices}, got {_get(cfg, key)!r}")
     for key, low in [("model.T", 1), ("train.epochs", 1), ("data.batch_size", 1),
                      ("data.eval_batch_size", 1), ("train.checkpoint_every", 0),
-                     ("train.threads", 0), ("train.log_every", 1)]:
+                     ("train.threads", 0), ("train.log_every", 1), ("train.max_rollbacks", 0)]:
         if _get(cfg, key) < low:
             raise SpikeguideError(f"{key} must be >= {low}, got {_get(cfg, key)}")
     for key in ("optim.lr", "model.width"):
         if not _get(cfg, key) > 0:
             raise SpikeguideError(f"{key} must be positive, got {_get(cfg, key)}")
-    for key in ("data.ram_share", "data.gpu_share"):
+    for key in ("data.ram_share", "data.gpu_share", "train.rollback_lr_factor"):
         if not 0 < _get(cfg, key) <= 1:
             raise SpikeguideError(f"{key} must be in (0, 1], got {_get(cfg, key)}")
     for key in ("data.train_subset", "data.test_subset"):

@@ -41,6 +41,8 @@ def graph_blocker(cfg: Config, device: torch.device, model: nn.Module, dist: Dis
         return f"CUDA graphs need a CUDA device and this run trains on {device.type}"
     if dist.enabled:
         return "not with several processes (DDP's gradient all-reduce is not captured here)"
+    if cfg.train.on_nonfinite == "skip":
+        return "train.on_nonfinite = skip reads every step's loss on the host"
     if cfg.train.amp == "fp16":
         return "fp16's loss scaler reads its scale on the host every step"
     if not isinstance(optimizer, GRAPH_OPTIMIZERS):

@@ -8,10 +8,9 @@ the gradients. Only rank 0 writes files. ``spikeguide train --nproc N`` launches
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 import torch
 import torch.distributed as dist
@@ -146,10 +145,23 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     return module
 
 
-def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Re-run this command under torchrun with ``nproc`` processes on this machine."""
+# torchrun's agent keeps one store for all restarts of a group, and a restarted group can read
+# the addresses the failed group left there and fail to connect (pytorch/pytorch#135712,
+# #167288); without the shared store every group gets a fresh one
+RESTARTABLE_RENDEZVOUS = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
+def launch(nproc: int, argv: Sequence[str], max_restarts: int = 0) -> NoReturn:
+    """Replace this process by torchrun running this command in ``nproc`` processes on this
+    machine (so that a SIGTERM sent to this process, by a batch system say, reaches torchrun and
+    through it the workers); a failed process group is restarted up to ``max_restarts`` times
+    (``training/resume.py``)."""
     if nproc < 1:
         raise SpikeguideError(f"--nproc must be >= 1, got {nproc}")
+    if max_restarts < 0:
+        raise SpikeguideError(f"--max-restarts must be >= 0, got {max_restarts}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "spikeguide", *argv]
-    return subprocess.call(cmd)
+           f"--nproc_per_node={nproc}", f"--max-restarts={max_restarts}", "-m", "spikeguide", *argv]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, cmd, {**RESTARTABLE_RENDEZVOUS, **os.environ})

@@ -21,7 +21,7 @@ from ..methods import METHODS, Method
 from ..models import checked_weights, load_twin_weights
 from ..neurons.kernels import empty_cache
 from .build import build_datasets, build_model
-from .checkpoint import load_checkpoint
+from .checkpoint import LATEST, UnreadableCheckpoint, load_checkpoint
 from .distributed import (
     DistInfo,
     barrier,
@@ -30,6 +30,7 @@ from .distributed import (
     local_device,
     resolve_device,
 )
+from .resume import Resume, after_restart, has_checkpoint, read_resume_point, wants_resume
 from .teacher import prepare_teacher, recorded_teacher_top1, teacher_config
 from .threads import set_threads
 from .trainer import Trainer, TrainSummary
@@ -54,15 +55,13 @@ def build_method(cfg: Config, train_set: Dataset, test_set: Dataset | None = Non
                       label_smoothing=cfg.train.label_smoothing)
 
 
-def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, dist: DistInfo) -> None:
+def prepare_run_dir(cfg: Config, resume: Resume, overwrite: bool, dist: DistInfo) -> bool:
     """Every process checks the run directory, so that a mistake stops all of them with the same
     line (under torchrun, one process failing alone would leave the others waiting at the next
-    barrier); the first process removes an overwritten run."""
+    barrier); the first process removes an overwritten run. Returns whether the run resumes."""
     run_dir = cfg.run_dir
-    has_ckpt = (run_dir / "latest.pt").exists()
-    if resume and not has_ckpt:
-        raise SpikeguideError(f"nothing to resume: {str(run_dir / 'latest.pt')!r} does not exist")
-    if has_ckpt and not resume:
+    resume = wants_resume(resume, run_dir)
+    if has_checkpoint(run_dir) and not resume:
         if not overwrite:
             raise SpikeguideError(
                 f"run directory {str(run_dir)!r} already holds a run: pass --resume to continue "
@@ -71,18 +70,21 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, dist: DistInfo) 
         if dist.is_main:
             shutil.rmtree(run_dir)
     barrier(dist)
+    return resume
 
 
-def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
+def train(cfg: Config, *, resume: Resume = False, overwrite: bool = False,
           max_steps: int | None = None, teacher_record: dict[str, Any] | None = None,
           threads_share: int | None = None) -> TrainSummary:
     """Train the run ``cfg`` describes. Sets torch's thread count for this process
     (``training/threads.py``).
 
-    ``teacher_record``: the teacher's test record when the caller has already evaluated it
-    (an ablation's cells share one), so that it is not evaluated again. ``threads_share``: the
-    threads a caller that divides the CPUs between processes gives this one (``ablate --jobs``);
-    ``train.threads``, ``OMP_NUM_THREADS`` and a resumed run's own count come first.
+    ``resume``: ``True`` continues the run from its checkpoint, ``"auto"`` does when there is
+    one (``training/resume.py``). ``teacher_record``: the teacher's test record when the caller
+    has already evaluated it (an ablation's cells share one), so that it is not evaluated again.
+    ``threads_share``: the threads a caller that divides the CPUs between processes gives this
+    one (``ablate --jobs``); ``train.threads``, ``OMP_NUM_THREADS`` and a resumed run's own count
+    come first.
 
     Under torchrun every process calls this; each checks the run directory, rank 0 alone
     removes an overwritten one.
@@ -90,12 +92,11 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     device = resolve_device(cfg.train.device)
     dist = init_distributed(device)
     device = local_device(device, dist)
-    prepare_run_dir(cfg, resume, overwrite, dist)
+    resume = prepare_run_dir(cfg, *after_restart(resume, overwrite, dist), dist)
     ensure_teacher(cfg)
+    start = read_resume_point(cfg.run_dir, device, dist) if resume else None
     # after the teacher's run, which chose its own; a resumed run keeps the count it trained with
-    trained_with = (load_checkpoint(cfg.run_dir / "latest.pt", mmap=True).get("threads")
-                    if resume else None)
-    set_threads(cfg.train.threads, trained_with, threads_share)
+    set_threads(cfg.train.threads, start.state.get("threads") if start else None, threads_share)
     if not dist.is_main:  # rank 0 decodes and caches the data first, the others then read it
         barrier(dist)
     train_set, test_set = build_datasets(cfg, device)
@@ -106,10 +107,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     method = build_method(cfg, train_set, test_set if dist.is_main else None,
                           teacher_record if dist.is_main else None)
     trainer = Trainer(cfg, method, train_set, test_set, device=device, dist=dist)
-    if resume:
-        state = load_checkpoint(cfg.run_dir / "latest.pt", map_location=trainer.device)
-        checked_weights(method.student, state["model"], str(cfg.run_dir / "latest.pt"))
-        trainer.load_state_dict(state)
+    if start is not None:
+        checked_weights(method.student, start.state["model"], str(start.path))
+        trainer.load_state_dict(start.state)
         log.info("resumed %s at epoch %d step %d", cfg.run_dir, trainer.epoch, trainer.step)
     summary = trainer.fit(max_steps=max_steps)
     empty_cache()  # the neuron kernels' pooled buffers are sized for this run's model
@@ -152,9 +152,11 @@ def check_same_config(cfg: Config) -> None:
 
 
 def is_finished(cfg: Config) -> bool:
-    latest = cfg.run_dir / "latest.pt"
-    # memory-mapped: reads the epoch, not the weights
-    return latest.is_file() and load_checkpoint(latest, mmap=True)["epoch"] >= cfg.train.epochs
+    latest = cfg.run_dir / LATEST
+    try:  # memory-mapped: reads the epoch, not the weights
+        return latest.is_file() and load_checkpoint(latest, mmap=True)["epoch"] >= cfg.train.epochs
+    except UnreadableCheckpoint:  # training resumes from previous.pt
+        return False
 
 
 def ensure_trained(cfg: Config, **train_options: Any) -> bool:
@@ -166,7 +168,7 @@ def ensure_trained(cfg: Config, **train_options: Any) -> bool:
     check_same_config(cfg)
     if is_finished(cfg):
         return False
-    stopped = train(cfg, resume=(cfg.run_dir / "latest.pt").is_file(), **train_options).stopped
+    stopped = train(cfg, resume="auto", **train_options).stopped
     if stopped is not None:
         raise TrainingStopped(
             f"training {str(cfg.run_dir)!r} stopped on signal {stopped.signal} at epoch "

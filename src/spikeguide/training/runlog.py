@@ -1,4 +1,8 @@
-"""A run's log: one JSON line per epoch in ``metrics.jsonl`` and TensorBoard event files in ``tb/``."""
+"""A run's log: one JSON line per epoch in ``metrics.jsonl`` and TensorBoard event files in ``tb/``.
+
+``metrics.jsonl`` also holds one line per training event (``{"event": ...}``: what
+``train.on_nonfinite`` did, ``training/nonfinite.py``); :func:`read_metrics` reads the epochs.
+"""
 
 from __future__ import annotations
 
@@ -51,7 +55,9 @@ class RunLog:
 
     def _truncate(self, epoch: int) -> None:
         if self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["epoch"] <= epoch]
+            # events stay: they happened, whatever is trained again
+            kept = [ln for ln in self.path.read_text().splitlines()
+                    if "event" in json.loads(ln) or json.loads(ln)["epoch"] <= epoch]
             self.path.write_text("".join(ln + "\n" for ln in kept))
 
     def write(self, record: EpochRecord) -> None:
@@ -64,6 +70,10 @@ class RunLog:
         for layer, rate in record.test.layer_rates.items():
             self.writer.add_scalar(f"firing/{layer}", rate, record.global_step)
         self.writer.flush()
+
+    def event(self, line: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
     def close(self) -> None:
         self.writer.close()
@@ -78,7 +88,9 @@ def read_metrics(run_dir: str | Path) -> list[EpochRecord]:
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             try:
-                records.append(EpochRecord.from_json(json.loads(line)))
+                fields = json.loads(line)
+                if "event" not in fields:
+                    records.append(EpochRecord.from_json(fields))
             except (KeyError, TypeError, ValueError) as e:
                 raise SpikeguideError(f"{path} line {number} is not an epoch record of spikeguide "
                                       f"({type(e).__name__}: {e})") from None

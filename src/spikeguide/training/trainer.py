@@ -31,12 +31,14 @@ from ..data import Augment, Dataset, make_loader
 from ..data.loader import mix_seed
 from ..errors import SpikeguideError
 from ..methods import Method
-from .checkpoint import FORMAT, save_checkpoint
+from .checkpoint import FORMAT, PREVIOUS, save_checkpoint
 from .compile import compile_engine
 from .cudagraph import GraphedStep, use_cuda_graph
 from .distributed import AMP_DTYPES, DistInfo, all_reduce_sum, convert_sync_batchnorm
 from .meter import Reading, StepMeter
+from .nonfinite import NonFiniteCounts, NonFiniteLoss, nonfinite_error
 from .optim import build_optimizer, lr_factor
+from .resume import read_resume_point
 from .runlog import EpochRecord, RunLog, read_metrics
 from .scoring import Scores, score_model
 
@@ -123,6 +125,7 @@ class Trainer:
         self.best_top1 = -math.inf
         self.epoch_stats = {"loss": 0.0, "correct": 0, "seen": 0}  # as of the meter's last read
         self.meter = StepMeter(device)
+        self.nonfinite = NonFiniteCounts()  # what train.on_nonfinite has done (training/nonfinite.py)
         self.stop_signal: int | None = None
         # training seconds of earlier processes of this run (resumed) and when this fit began:
         # the log's elapsed_s counts the whole run, not one process
@@ -148,6 +151,7 @@ class Trainer:
             "epoch_stats": dict(self.epoch_stats),
             "elapsed_s": self.elapsed(),
             "threads": torch.get_num_threads(),  # a resume takes the same (float addition order)
+            "nonfinite": asdict(self.nonfinite),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -160,6 +164,7 @@ class Trainer:
         self.global_step, self.best_top1 = state["global_step"], state["best_top1"]
         self.epoch_stats = dict(state["epoch_stats"])
         self.elapsed_before = state.get("elapsed_s", 0.0)  # absent in older checkpoints
+        self.nonfinite = NonFiniteCounts(**state.get("nonfinite", {}))
 
     def save(self, name: str = "latest") -> Path:
         """Write a checkpoint (every process calls this: the meter is read first, so that a
@@ -167,7 +172,8 @@ class Trainer:
         self._read()
         path = self.run_dir / f"{name}.pt"
         if self.dist.is_main:  # every rank holds the same weights: one writes them
-            save_checkpoint(self.state_dict(), path)
+            save_checkpoint(self.state_dict(), path,
+                            previous=self.run_dir / PREVIOUS if name == "latest" else None)
         return path
 
     def _write_config(self) -> None:
@@ -202,6 +208,9 @@ class Trainer:
         ``train.cuda_graph`` captures)."""
         with self._autocast():
             loss, logits = self.engine(x, y)
+        if self.cfg.train.on_nonfinite == "skip" and not self._finite_everywhere(loss):
+            self._skip_step(loss, logits, y)
+            return
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.train.grad_clip is not None:
@@ -216,13 +225,8 @@ class Trainer:
         since the last read stops the run here, before anything is saved."""
         reading = self.meter.read(self.step, self.dist, stop)
         if reading.nonfinite_at is not None:
-            value = ("not finite on another process" if reading.nonfinite_loss is None
-                     else reading.nonfinite_loss)
-            raise SpikeguideError(
-                f"the loss became {value} at epoch {self.epoch + 1} step {reading.nonfinite_at}; "
-                f"training stopped and the last good checkpoint in {str(self.run_dir)!r} is "
-                "kept. Usual remedies: a lower optim.lr, another surrogate.width, train.grad_clip"
-            )
+            raise nonfinite_error(reading.nonfinite_loss, self.epoch, reading.nonfinite_at,
+                                  str(self.run_dir))
         before = self.epoch_stats
         self.epoch_stats = {"loss": reading.loss_sum, "correct": reading.correct,
                             "seen": reading.seen}
@@ -232,6 +236,60 @@ class Trainer:
                       self.epoch + 1, self.step, (reading.loss_sum - before["loss"]) / seen,
                       100 * (reading.correct - before["correct"]) / seen, seen)
         return reading
+
+    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
+        """Whether this step's loss is finite on every process (a host sync: ``skip`` only)."""
+        return all_reduce_sum([float(not torch.isfinite(loss.detach()))], self.dist)[0] == 0
+
+    def _skip_step(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """``on_nonfinite = skip``: this step trains nothing and adds nothing to the epoch's
+        sums: the meter counts it as a finite step of no samples (the caller counts its batch
+        as seen: take it back)."""
+        self.meter.add(loss.new_zeros(()), logits[:0], y[:0])
+        self.meter.seen -= len(y)
+        self.nonfinite.skipped += 1
+        self._nonfinite_event("skip", float(loss.detach()), self.epoch, self.step,
+                              skipped=self.nonfinite.skipped)
+
+    def _nonfinite_event(self, action: str, loss: float | None, epoch: int, step: int,
+                         **details: Any) -> None:
+        """One warning line and one ``metrics.jsonl`` line (rank 0) for each policy action."""
+        if not self.dist.is_main:
+            return
+        event = {"event": "nonfinite", "action": action, "epoch": epoch + 1, "step": step,
+                 "global_step": self.global_step,
+                 "loss": None if loss is None else str(loss),  # "nan", "inf": JSON has neither
+                 **details}
+        self.log.event(event)
+        log.warning("train.on_nonfinite = %s: %s", self.cfg.train.on_nonfinite,
+                    " ".join(f"{k}={v}" for k, v in event.items() if k != "event"))
+
+    def _recover(self, error: NonFiniteLoss) -> None:
+        """``rollback`` within its budget: return to the last checkpoint with a smaller learning
+        rate; otherwise log the stop and raise ``error``."""
+        train = self.cfg.train
+        rollbacks = self.nonfinite.rollbacks
+        if train.on_nonfinite != "rollback" or rollbacks >= train.max_rollbacks:
+            self._nonfinite_event("stop", error.event["loss"], error.event["epoch"],
+                                  error.event["step"])
+            if train.on_nonfinite == "rollback":
+                raise nonfinite_error(error.event["loss"], error.event["epoch"],
+                                      error.event["step"], str(self.run_dir),
+                                      f" after {rollbacks} rollbacks (train.max_rollbacks)")
+            raise error
+        found_at = self.global_step
+        point = read_resume_point(self.run_dir, self.device, self.dist)
+        self.load_state_dict(point.state)
+        self.nonfinite.rollbacks = rollbacks + 1
+        factor = train.rollback_lr_factor
+        self.scheduler.base_lrs = [lr * factor for lr in self.scheduler.base_lrs]
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+        self._nonfinite_event("rollback", error.event["loss"], error.event["epoch"],
+                              error.event["step"], global_step=found_at,
+                              rollbacks=self.nonfinite.rollbacks,
+                              lr_factor=factor, resumed_epoch=self.epoch + 1,
+                              resumed_step=self.step, checkpoint=str(point.path))
 
     def _should_stop(self, max_steps: int | None) -> bool:
         """After a step: whether to stop (a signal, ``max_steps``); reads the meter every
@@ -275,6 +333,8 @@ class Trainer:
         self.fit_start = time.time()
         last: EpochRecord | None = None
         show = None if self.cfg.train.progress and self.dist.is_main else True
+        if self.cfg.train.on_nonfinite == "rollback" and not (self.run_dir / "latest.pt").exists():
+            self.save("latest")  # something to roll back to
         try:
             with self._stop_on_signals():
                 while self.epoch < epochs:
@@ -287,18 +347,24 @@ class Trainer:
                     bar = tqdm(self.train_loader.iter_from(self.step), total=len(self.train_loader),
                                initial=self.step, desc=f"epoch {self.epoch + 1}/{epochs}",
                                leave=False, disable=show)
-                    for x, y in bar:
-                        self._train_step(x, y)
-                        if self._should_stop(max_steps):
-                            bar.close()
-                            path = self.save("latest")
-                            finished = read_metrics(self.run_dir)
-                            return TrainSummary(
-                                self.dist.is_main, self.best_top1, finished[-1] if finished else None,
-                                StoppedAt(self.epoch, self.step, self.stop_signal, str(path)))
-                        if every and self.global_step % every == 0 and self.step < len(self.train_loader):
-                            self.save("latest")
-                    last = self._end_epoch(self.elapsed())
+                    try:
+                        for x, y in bar:
+                            self._train_step(x, y)
+                            if self._should_stop(max_steps):
+                                bar.close()
+                                path = self.save("latest")
+                                finished = read_metrics(self.run_dir)
+                                return TrainSummary(
+                                    self.dist.is_main, self.best_top1,
+                                    finished[-1] if finished else None,
+                                    StoppedAt(self.epoch, self.step, self.stop_signal, str(path)))
+                            if (every and self.global_step % every == 0
+                                    and self.step < len(self.train_loader)):
+                                self.save("latest")
+                        last = self._end_epoch(self.elapsed())
+                    except NonFiniteLoss as error:
+                        bar.close()
+                        self._recover(error)
         finally:
             if self.dist.is_main:
                 self.log.close()
