@@ -9,7 +9,7 @@ found wins:
   sorted class folders (Caffe's ImageNet list);
 - ``ILSVRC2012_validation_ground_truth.txt`` (the devkit): one 1-based ILSVRC2012_ID a line,
   for the images in file-name order; the devkit's ``meta.mat`` (beside it, or in
-  ``ILSVRC2012_devkit_t12/data/``) maps the IDs to WordNet ids. Reading it needs scipy.
+  ``ILSVRC2012_devkit_t12/data/``) maps the IDs to WordNet ids. Reading it uses scipy.
 
 Every image of the folder needs a label and every label an image; class names are those of the
 training split's class folders.
