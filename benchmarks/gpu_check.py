@@ -11,9 +11,9 @@ listed as left out for lack of time; time a section leaves goes to the training,
    off; one LIF layer alone;
 4. memory: peak memory and step time of bptt, ratebp and hybrid at T = 1, 2, 4, 8;
 5. input pipeline: decoding the CIFAR-10 JPEG copy, images/s of both loaders;
-6. training: an ANN resnet20 teacher, then an EnOF student at T = 2, each for as many epochs as fit.
+6. training: recipes/fast/ (EnOF resnet20 T = 4, teacher then student) within train.time_budget.
 
-It writes ``gpu.md``, ``gpu_check.json``, ``gpu_check.log`` and the two runs' ``metrics.jsonl``
+It writes ``gpu.md``, ``gpu_check.json``, ``gpu_check.log`` and the training runs' ``metrics.jsonl``
 into ``--out`` and prints the summary and the recommended ``auto`` backend last. Exit status 1
 when a check failed or a section raised.
 

@@ -94,7 +94,9 @@ def test_smoke_memory_pipeline_and_training_figures(smoke):
     assert pipeline["data"]["memory_img_s"] > 0 and pipeline["data"]["stream_img_s"] > 0
     runs = doc["sections"]["training"]["data"]["runs"]
     assert [r["spiking"] for r in runs] == [False, True]
-    for run, name in zip(runs, ("gpu_ann", "gpu_enof")):
+    # one train.time_budget: the teacher its recipe's 30 %, the student the rest
+    assert runs[0]["budget_s"] == pytest.approx(0.3 / 0.7 * runs[1]["budget_s"])
+    for run, name in zip(runs, ("fast_ann_resnet20", "fast_enof_resnet20_t4")):
         assert run["epochs_planned"] == 1 and len(run["metrics"]) == 1
         assert 0 <= run["metrics"][0]["test_top1"] <= 100
         copied = (out / f"{name}_metrics.jsonl").read_text().splitlines()
