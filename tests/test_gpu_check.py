@@ -45,8 +45,9 @@ def test_smoke_run_writes_every_section_in_files_the_device_tool_returns(smoke):
     assert list(doc["sections"]) == SECTIONS
     assert {k: s["status"] for k, s in doc["sections"].items()} == dict.fromkeys(SECTIONS, "ok")
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["gpu.md", "gpu_ann_metrics.jsonl", "gpu_check.json", "gpu_check.log",
-                     "gpu_enof_metrics.jsonl"]  # at most 8 files come back from a device run
+    # at most 8 files come back from a device run: a full run adds the second row's two
+    assert files == ["fast_ann_resnet20_metrics.jsonl", "fast_enof_resnet20_t4_metrics.jsonl",
+                     "gpu.md", "gpu_check.json", "gpu_check.log"]
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+", f) for f in files)
     md = (out / "gpu.md").read_text()
     assert "Smoke run on CPU" in md and "Recommendation:" in md

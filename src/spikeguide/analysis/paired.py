@@ -38,7 +38,7 @@ class PairedTest:
         text += f" [{self.ci[0]:+.2f}, {self.ci[1]:+.2f}]"
         if self.p is None:
             return text + " (every seed the same difference: no test)"
-        text += f", p = {self.p:.3f}"
+        text += ", p < 0.001" if self.p < 0.001 else f", p = {self.p:.3f}"
         if self.established:
             return text + ", established"
         if self.n < MIN_SEEDS:
