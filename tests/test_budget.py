@@ -102,6 +102,16 @@ def test_the_run_plans_its_epochs_from_the_timed_steps_and_ends_its_schedule(tmp
     assert is_finished(cfg)
 
 
+def test_an_epoch_shorter_than_the_timed_steps_plans_at_its_end(tmp_path, fake_clock):
+    # 4 steps an epoch (256 images): 5 + 3 * 1 s; an epoch 1.1 * (4 + 359 / 64 / 3) = 6.46 s:
+    # floor((30 - 4) / 6.46) = 4 epochs
+    cfg = budgeted(tmp_path, time_budget=30)
+    cfg.data.train_subset = 256
+    train(cfg)
+    assert load_checkpoint(cfg.run_dir / "latest.pt")["epochs"] == 4
+    assert len(read_metrics(cfg.run_dir)) == 4
+
+
 def test_a_short_estimate_stops_at_the_deadline_with_the_epoch_scored(tmp_path, fake_clock):
     fake_clock.step_s = [1.0] * 6 + [3.0]  # planned on 1 s steps (3 epochs), then 3 s each
     cfg = budgeted(tmp_path)

@@ -142,13 +142,14 @@ class TimeBudget:
         return self.spent() >= self.seconds
 
     def time_step(self) -> bool:
-        """Record the step that just ended; True once the first steps are timed."""
+        """Record the step that just ended; True once the first steps are timed (an epoch of
+        fewer steps is planned from those it has)."""
         t = now()
         self.step_times.append(t - self.mark)
         self.mark = t
         return len(self.step_times) > PROBE_STEPS
 
     def plan(self, cost: EpochCost, cap: int) -> Plan:
-        steady = sorted(self.step_times[1:])
+        steady = sorted(self.step_times[1:] or self.step_times)
         step_s = steady[len(steady) // 2]  # the median: a stall does not stretch the estimate
         return plan_epochs(self.seconds, self.spent(), len(self.step_times), step_s, cost, cap)

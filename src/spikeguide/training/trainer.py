@@ -246,8 +246,11 @@ class Trainer:
                            reduce=lambda values: all_reduce_sum(values, self.dist))
 
     def _after_step(self) -> None:
-        """A budgeted run's bookkeeping: the first steps timed, the epochs planned."""
-        if self.planned or not self.budget.time_step():
+        """A budgeted run's bookkeeping: the first steps timed, the epochs planned (at the end of
+        the first epoch at the latest)."""
+        if self.planned:
+            return
+        if not self.budget.time_step() and self.step < len(self.train_loader):
             return
         world = self.dist.world_size
         val = len(self.val_loader.dataset) if self.val_loader is not None else 0
