@@ -125,6 +125,15 @@ def test_a_short_estimate_stops_at_the_deadline_with_the_epoch_scored(tmp_path, 
     assert is_finished(cfg)
 
 
+def test_a_budget_spent_before_the_plan_ends_the_first_epoch_finished(tmp_path, fake_clock):
+    cfg = budgeted(tmp_path, time_budget=3)  # the first step alone takes 5 s
+    summary = train(cfg)
+    assert summary.stopped is None and summary.last.epoch == 1
+    state = load_checkpoint(cfg.run_dir / "latest.pt")
+    assert (state["epochs"], state["global_step"]) == (1, 2)
+    assert is_finished(cfg)
+
+
 def test_a_resumed_budgeted_run_keeps_its_plan_and_matches_the_uninterrupted_one(tmp_path,
                                                                               fake_clock):
     full = budgeted(tmp_path, name="full")

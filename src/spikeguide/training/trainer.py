@@ -149,7 +149,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
-            "epochs": self.epochs if self.planned else None,
+            "epochs": self.epochs if self.budget is not None and self.planned else None,
             "step": self.step,
             "global_step": self.global_step,
             "best_top1": self.best_top1,
@@ -266,8 +266,8 @@ class Trainer:
             log.info(plan.describe(self.budget.seconds, self.cfg.train.epochs))
 
     def fit(self, max_steps: int | None = None) -> TrainSummary:
-        """Train to ``train.epochs`` (or stop after ``max_steps`` global steps, or on a signal,
-        with a checkpoint)."""
+        """Train to ``train.epochs``, or the epochs ``train.time_budget`` plans (or stop after
+        ``max_steps`` global steps, or on a signal, with a checkpoint)."""
         if self.dist.is_main:
             self._write_config()
             self.log = RunLog(self.run_dir, self.epoch, self.global_step)
@@ -317,7 +317,7 @@ class Trainer:
         log.warning("time budget of %.0f s spent during epoch %d (step %d of %d): this epoch "
                     "is the last (%d planned)", self.budget.seconds, self.epoch + 1, self.step,
                     len(self.train_loader), self.epochs)
-        self.epochs = self.epoch + 1
+        self.epochs, self.planned = self.epoch + 1, True
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.fit_start
