@@ -75,6 +75,9 @@ def hold_out(dataset, n: int, seed: int):
     """``(rest, held)``: a class-balanced, seeded part of ``n`` samples of ``dataset`` (the
     :func:`stratified_indices` rule) and the samples it leaves, both in their original order and
     disjoint. The same (dataset, n, seed) hold out the same samples in every process."""
+    if not 0 < n < len(dataset):
+        raise SpikeguideError(f"data.val_split must be in 1..{len(dataset) - 1} for this training "
+                              f"split of {len(dataset)} samples, got {n}")
     held = stratified_indices(dataset.y, dataset.num_classes, n, seed)
     keep = torch.ones(len(dataset), dtype=torch.bool)
     keep[held] = False
