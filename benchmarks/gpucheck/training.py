@@ -130,7 +130,7 @@ def run(ctx: Context, box: TimeBox, result: SectionResult) -> None:
             metrics = done["metrics"]
             last = metrics[-1] if metrics else {}
             table.add(done["label"], f"{len(metrics)} ({done['epochs_planned']})",
-                      last.get("test_top1"), paper if done["spiking"] else None,
+                      last.get("test_top1"), f"{paper:.2f}" if done["spiking"] else None,
                       last.get("elapsed_s"), done.get("wall_s"))
             if done["epochs_planned"] is not None and len(metrics) < done["epochs_planned"]:
                 result.note(f"{done['label']}: {len(metrics)} of {done['epochs_planned']} planned "
