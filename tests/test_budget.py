@@ -76,7 +76,8 @@ def fake_clock(monkeypatch):
 
     def timed_step(self, x, y):
         stop = original(self, x, y)
-        clock.t += 5.0 if clock.steps == 0 else clock.step_s[min(clock.steps, len(clock.step_s)) - 1]
+        later = clock.step_s[min(clock.steps, len(clock.step_s)) - 1]
+        clock.t += 5.0 if clock.steps == 0 else later
         clock.steps += 1
         return stop
 

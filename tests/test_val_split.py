@@ -59,7 +59,8 @@ def test_the_split_is_the_same_in_another_process_and_whatever_the_training_seed
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"},
                          cwd=SRC.rsplit("/", 1)[0], check=True).stdout.split(" ", 1)
-    assert int(out[0]) == int(val_set.x.double().sum()) and out[1].strip() == str(val_set.y.tolist())
+    assert int(out[0]) == int(val_set.x.double().sum())
+    assert out[1].strip() == str(val_set.y.tolist())
     # the training seed does not move the split; data.val_seed does
     other = parse_config(tiny_config(tmp_path, data={"val_split": 100}, train={"seed": 5}))
     assert torch.equal(build_run_datasets(other)[1].x, val_set.x)

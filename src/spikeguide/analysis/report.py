@@ -21,8 +21,8 @@ def plot_curves(records: list[EpochRecord], out_dir: Path) -> list[Path]:
     split = "val" if records[-1].val is not None else "test"  # the split scored every epoch
     panels = [("loss.png", "loss", {"train loss": lambda r: r.train_loss,
                                     f"{split} loss": lambda r: r.monitored.loss}),
-              ("accuracy.png", "top-1 accuracy (%)", {"train top1": lambda r: r.train_top1,
-                                                       f"{split} top1": lambda r: r.monitored.top1})]
+              ("accuracy.png", "top-1 accuracy (%)",
+               {"train top1": lambda r: r.train_top1, f"{split} top1": lambda r: r.monitored.top1})]
     for name, ylabel, curves in panels:
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, value in curves.items():
