@@ -14,13 +14,13 @@ listed as left out for lack of time; time a section leaves goes to the training,
 4. memory: peak memory and step time of bptt, ratebp and hybrid at T = 1, 2, 4, 8;
 5. profile: ``torch.profiler``'s top operators and kernels of a ratebp, hybrid and bptt step;
 6. input pipeline: decoding the CIFAR-10 JPEG copy, images/s of both loaders;
-7. training: an ANN resnet20 teacher, then an EnOF student at T = 2, each for as many epochs as fit.
+7. training: recipes/fast/ (EnOF resnet20 T = 4, teacher then student) within train.time_budget.
 
 First steps (kernel builds, autotuning, compilation) are timed apart from the timed steps. The
 default budget (450 s) keeps the whole check, start-up and data unpacking included, within
 9 minutes. Every run's header records the commit and the device.
 
-It writes ``gpu.md``, ``gpu_check.json``, ``gpu_check.log`` and the two runs' ``metrics.jsonl``
+It writes ``gpu.md``, ``gpu_check.json``, ``gpu_check.log`` and the training runs' ``metrics.jsonl``
 into ``--out`` and prints the summary and the recommended ``auto`` backend last. Exit status 1
 when a check failed or a section raised.
 

@@ -10,10 +10,10 @@ from spikeguide.commands.ablate import (
     VARIANTS,
     base_config,
     cell_config,
-    comparison,
     run_ablation,
     summary_cell,
 )
+from spikeguide.analysis.paired import paired_test
 from spikeguide.config import dump_toml, load_config
 from spikeguide.errors import SpikeguideError
 from spikeguide.training.checkpoint import load_checkpoint
@@ -80,13 +80,16 @@ def test_ablate_writes_tables_and_a_rerun_skips_finished_cells(recipe, tmp_path,
     assert len(records) == 1  # one shared teacher, one record
     assert json.loads(records.pop())["checkpoint"] == str(tmp_path / "runs" / "ann")
     rows = list(csv.reader(open(out / "ablation.csv")))
-    assert rows[0] == ["variant", "T", "seed", "best_top1", "final_top1", "firing_rate", "wall_s"]
+    assert rows[0] == ["variant", "T", "seed", "best_top1", "final_top1", "final_val_top1",
+                       "firing_rate", "wall_s"]
     assert [r[:3] for r in rows[1:]] == [[v.label, str(T), "0"] for v in VARIANTS.values()
                                          for T in (1, 2)]
     assert all(cell != "" for r in rows[1:] for cell in r)
+    assert {r[5] for r in rows[1:]} == {"-"}  # no validation split
     table = (out / "ablation.md").read_text()
     assert "| +LAF+RepAct |" in table and "| T=1 | T=2 |" in table and "not run" not in table
-    assert "| +LAF vs vanilla KD |" in table and "one seed: spread unknown" in table
+    assert "| +LAF vs vanilla KD |" in table and "one seed: no test" in table
+    assert "choose no setting on them" in table  # no validation split: compared on test
     before = {p: p.stat().st_mtime_ns for p in out.rglob("latest.pt")}
 
     def no_training(*args, **kwargs):
@@ -168,15 +171,51 @@ def test_seeds_give_mean_and_spread_and_mark_differences_within_it(recipe, tmp_p
     a, b = [finals["baseline", s] for s in "01"], [finals["+LAF", s] for s in "01"]
     table = (out / "ablation.md").read_text()
     assert f"| baseline | {summary_cell(a)} |" in table
-    assert f"| +LAF vs baseline | {comparison(b, a)} |" in table
+    assert f"| +LAF vs baseline | {paired_test(b, a).describe()} |" in table
     first = load_checkpoint(out / "baseline_T1_s0" / "latest.pt")["model"]
     assert not state_equal(first, load_checkpoint(out / "baseline_T1_s1" / "latest.pt")["model"])
 
 
-def test_a_difference_smaller_than_the_spread_is_not_established():
+def test_summary_cells():
     assert summary_cell([60.0, 62.0]) == "61.00 +- 1.41 [60.00, 62.00]"
     assert summary_cell([60.0]) == "60.00"
-    # means 61 and 62, standard deviations 1.41 and 0: 1.00 < 1.41
-    assert comparison([62.0, 62.0], [60.0, 62.0]) == "+1.00 (not established: spread 1.41)"
-    assert comparison([65.0, 64.0], [60.0, 62.0]) == "+3.50"  # 3.50 > 1.41 + 0.71
-    assert comparison([65.0], [60.0, 62.0]) == "+4.00 (one seed: spread unknown)"
+
+
+def test_the_paired_test_against_hand_computed_examples():
+    # differences 1, 2, 3: mean 2, sd 1, t = 2 / (1 / sqrt 3) = 3.4641 with 2 degrees of freedom,
+    # whose two-sided p is 1 - t / sqrt(t^2 + 2) = 0.07418; t(0.975, 2) = 4.302653
+    test = paired_test([61.0, 62.0, 63.0], [60.0, 60.0, 60.0])
+    assert test.p == pytest.approx(1 - 12 ** 0.5 / 14 ** 0.5, rel=1e-9)
+    assert test.ci == pytest.approx((2 - 4.302653 / 3 ** 0.5, 2 + 4.302653 / 3 ** 0.5), rel=1e-6)
+    assert not test.established  # three seeds
+    assert test.describe() == ("+2.00 [-0.48, +4.48], p = 0.074 (not established: 3 seeds, "
+                               "fewer than 5)")
+    # differences 0.5, 1, 1.5, 2, 0: mean 1, sd sqrt(0.625), t = 2 sqrt 2 with 4 degrees of
+    # freedom: p = 1 - t (t^2 + 6) / (t^2 + 4)^1.5 = 0.04742
+    a, b = [70.5, 71.0, 71.5, 72.0, 70.0], [70.0] * 5
+    test = paired_test(a, b)
+    t = 8 ** 0.5
+    assert test.p == pytest.approx(1 - t * 14 / 12 ** 1.5, rel=1e-9)
+    assert test.established and test.describe().endswith("p = 0.047, established")
+    # paired by seed: a steady 1-point gain is established although the seeds spread by 20
+    # points (an unpaired comparison would call it noise)
+    seeds = [60.0, 70.0, 80.0, 65.0, 75.0]
+    gain = paired_test([v + d for v, d in zip(seeds, [1.0, 1.1, 0.9, 1.0, 1.0])], seeds)
+    assert gain.mean_diff == pytest.approx(1.0) and gain.p < 1e-4 and gain.established
+    assert paired_test([65.0], [60.0]).describe() == "+5.00 (one seed: no test)"
+
+
+def test_with_a_validation_split_variants_are_compared_on_it(tmp_path):
+    from spikeguide.commands.ablate import CellResult, write_tables
+
+    variants = [VARIANTS["baseline"], VARIANTS["laf"]]
+    val = {"baseline": [70.0, 71.0, 72.0], "laf": [71.0, 73.0, 75.0]}
+    test = {"baseline": [60.0, 61.0, 62.0], "laf": [60.0, 60.0, 60.0]}
+    results = {(k, 1, s): CellResult(best_top1=val[k][s], final_top1=test[k][s],
+                                      final_val_top1=val[k][s], firing_rate=0.1, wall_s=1.0)
+               for k in val for s in range(3)}
+    write_tables(tmp_path, "r", "t", 90.0, results, variants, [1], [0, 1, 2])
+    table = (tmp_path / "ablation.md").read_text()
+    assert f"| +LAF vs baseline | {paired_test(val['laf'], val['baseline']).describe()} |" in table
+    assert "Final validation top-1" in table and "choose no setting" not in table
+    assert f"| baseline | {summary_cell(test['baseline'])} |" in table  # test still reported

@@ -45,8 +45,9 @@ def test_smoke_run_writes_every_section_in_files_the_device_tool_returns(smoke):
     assert list(doc["sections"]) == SECTIONS
     assert {k: s["status"] for k, s in doc["sections"].items()} == dict.fromkeys(SECTIONS, "ok")
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["gpu.md", "gpu_ann_metrics.jsonl", "gpu_check.json", "gpu_check.log",
-                     "gpu_enof_metrics.jsonl"]  # at most 8 files come back from a device run
+    # at most 8 files come back from a device run: a full run adds the second row's two
+    assert files == ["fast_ann_resnet20_metrics.jsonl", "fast_enof_resnet20_t4_metrics.jsonl",
+                     "gpu.md", "gpu_check.json", "gpu_check.log"]
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+", f) for f in files)
     md = (out / "gpu.md").read_text()
     assert "Smoke run on CPU" in md and "Recommendation:" in md
@@ -118,7 +119,9 @@ def test_smoke_memory_pipeline_and_training_figures(smoke):
     assert pipeline["data"]["memory_img_s"] > 0 and pipeline["data"]["stream_img_s"] > 0
     runs = doc["sections"]["training"]["data"]["runs"]
     assert [r["spiking"] for r in runs] == [False, True]
-    for run, name in zip(runs, ("gpu_ann", "gpu_enof")):
+    # one train.time_budget: the teacher its recipe's 30 %, the student the rest
+    assert runs[0]["budget_s"] == pytest.approx(0.3 / 0.7 * runs[1]["budget_s"])
+    for run, name in zip(runs, ("fast_ann_resnet20", "fast_enof_resnet20_t4")):
         assert run["epochs_planned"] == 1 and len(run["metrics"]) == 1
         assert 0 <= run["metrics"][0]["test_top1"] <= 100
         copied = (out / f"{name}_metrics.jsonl").read_text().splitlines()

@@ -5,7 +5,8 @@ import pytest
 
 from spikeguide.config import load_config, read_toml
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.toml"))
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = sorted(RECIPE_DIR.rglob("*.toml"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(p.parents[1])))
@@ -30,3 +31,21 @@ def test_every_teacher_recipe_exists_and_trains_the_students_ann_twin():
         assert teacher.method.name == "ann", path.name
         assert (teacher.model.name, teacher.model.width, teacher.model.options) == (
             cfg.model.name, cfg.model.width, cfg.model.options), path.name
+
+
+def test_fast_recipes_state_their_budget_machine_and_reference():
+    fast = [p for p in RECIPES if p.parent.name == "fast"]
+    students = [p for p in fast if load_config(p).method.name != "ann"]
+    assert {p.stem for p in students} >= {"enof_resnet20_cifar10_t4", "enof_resnet19_cifar10_t1",
+                                          "enof_resnet19_cifar10_t2", "ratebp_resnet18_cifar10_t4"}
+    for path in students:
+        cfg = load_config(path)
+        assert cfg.train.time_budget is not None, path.name
+        assert cfg.reference["designed_for"], path.name
+        assert "top1" in cfg.reference and "source" in cfg.reference or "note" in cfg.reference
+        if cfg.teacher.recipe is not None:
+            assert cfg.teacher.budget_share is not None, path.name
+    assert load_config(RECIPE_DIR / "fast" / "enof_resnet20_cifar10_t4.toml"
+                       ).reference["top1"] == 94.74
+    assert load_config(RECIPE_DIR / "fast" / "enof_resnet19_cifar10_t1.toml"
+                       ).reference["top1"] == 95.37

@@ -82,7 +82,8 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"resume with: spikeguide train {cfg.run_dir / 'config.toml'} --resume")
         return 128 + stop.signal if stop.signal else 0
     test = summary.last.test
-    print(f"finished {cfg.run_dir}: test top1 {test.top1:.2f}%, best {summary.best_top1:.2f}%, "
+    best = "best" if summary.last.val is None else "best validation"
+    print(f"finished {cfg.run_dir}: test top1 {test.top1:.2f}%, {best} {summary.best_top1:.2f}%, "
           f"mean firing rate {firing_text(test.firing_rate)}")
     return 0
 

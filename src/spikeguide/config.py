@@ -23,6 +23,7 @@ from .errors import SpikeguideError
 from .methods import METHODS
 from .models import MODELS
 from .neurons import Surrogate, get_surrogate, neuron_factory, neuron_options
+from .training.budget import check_budget
 from .training.compile import COMPILE_MODES
 from .training.cudagraph import CUDA_GRAPH
 from .training.distributed import AMP_DTYPES
@@ -98,6 +99,10 @@ class DataConfig:
     gpu_share: float = 0.25
     train_subset: int | None = None  # class-balanced subset of the training split
     test_subset: int | None = None
+    # held out of the training split (class-balanced, seeded by val_seed) to choose settings on:
+    # scored every epoch, and the test split only at the end (train.test_every_epoch: every epoch)
+    val_split: int | None = None
+    val_seed: int = 0
     batch_size: int = 64
     eval_batch_size: int = 256
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -143,6 +148,10 @@ class TrainConfig:
     on_nonfinite: str = "stop"
     rollback_lr_factor: float = 0.5
     max_rollbacks: int = 3
+    # "8m", "2h", "90s" or seconds: the first steps are timed and the epochs (at most
+    # train.epochs) chosen so that the schedule ends within it (training/budget.py)
+    time_budget: str | float | None = None
+    test_every_epoch: bool = False  # with data.val_split: score the test split every epoch too
 
 
 @dataclass
@@ -150,6 +159,8 @@ class TeacherConfig:
     checkpoint: str | None = None  # an ANN checkpoint or run directory
     recipe: str | None = None  # the teacher's recipe, trained first when no checkpoint exists
     init_student: bool = False  # initialize the SNN with the teacher's weights
+    # with train.time_budget: the share of it the teacher recipe trains in (the student the rest)
+    budget_share: float | None = None
 
 
 @dataclass
@@ -372,9 +383,10 @@ def validate(cfg: Config) -> None:
     for key in ("data.ram_share", "data.gpu_share", "train.rollback_lr_factor"):
         if not 0 < _get(cfg, key) <= 1:
             raise SpikeguideError(f"{key} must be in (0, 1], got {_get(cfg, key)}")
-    for key in ("data.train_subset", "data.test_subset"):
+    for key in ("data.train_subset", "data.test_subset", "data.val_split"):
         if _get(cfg, key) is not None and _get(cfg, key) < 1:
             raise SpikeguideError(f"{key} must be >= 1, got {_get(cfg, key)}")
+    check_budget(cfg)
     MODELS.get(cfg.model.name)
     resolve_neuron(cfg.neuron, get_surrogate(cfg.surrogate.name, cfg.surrogate.width))
     DATASETS.get(cfg.data.name)

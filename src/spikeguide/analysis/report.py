@@ -18,10 +18,11 @@ def plot_curves(records: list[EpochRecord], out_dir: Path) -> list[Path]:
     """loss.png, accuracy.png and (for an SNN) firing_rates.png, one point per epoch."""
     epochs = [r.epoch for r in records]
     paths = []
+    split = "val" if records[-1].val is not None else "test"  # the split scored every epoch
     panels = [("loss.png", "loss", {"train loss": lambda r: r.train_loss,
-                                    "test loss": lambda r: r.test.loss}),
-              ("accuracy.png", "top-1 accuracy (%)", {"train top1": lambda r: r.train_top1,
-                                                       "test top1": lambda r: r.test.top1})]
+                                    f"{split} loss": lambda r: r.monitored.loss}),
+              ("accuracy.png", "top-1 accuracy (%)",
+               {"train top1": lambda r: r.train_top1, f"{split} top1": lambda r: r.monitored.top1})]
     for name, ylabel, curves in panels:
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, value in curves.items():
@@ -30,14 +31,14 @@ def plot_curves(records: list[EpochRecord], out_dir: Path) -> list[Path]:
         ax.legend()
         ax.grid(alpha=0.3)
         paths.append(save(fig, out_dir / name))
-    layers = list(records[-1].test.layer_rates)
+    layers = list(records[-1].monitored.layer_rates)
     if layers:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         cmap = plt.get_cmap("viridis")
         for i, layer in enumerate(layers):
-            ax.plot(epochs, [r.test.layer_rates.get(layer) for r in records],
+            ax.plot(epochs, [r.monitored.layer_rates.get(layer) for r in records],
                     color=cmap(i / max(1, len(layers) - 1)), lw=1)
-        ax.set(xlabel="epoch", ylabel="test firing rate (spikes per neuron per step)",
+        ax.set(xlabel="epoch", ylabel=f"{split} firing rate (spikes per neuron per step)",
                title=f"{len(layers)} spiking layers, first (dark) to last (light)")
         ax.grid(alpha=0.3)
         paths.append(save(fig, out_dir / "firing_rates.png"))
@@ -52,11 +53,13 @@ def save(fig, path: Path) -> Path:
 
 
 def summarize(records: list[EpochRecord]) -> dict[str, Any]:
-    """One table row: final and best test top-1, final firing rate, training time."""
-    best = max(records, key=lambda r: r.test.top1)
+    """One table row: final test top-1, best top-1 (validation's where the run holds a split
+    out), final firing rate, training time."""
+    best = max(records, key=lambda r: r.monitored.top1)
     last = records[-1]
-    rate = last.test.firing_rate
-    return {"epochs": last.epoch, "final top1 %": last.test.top1, "best top1 %": best.test.top1,
+    rate = last.monitored.firing_rate
+    return {"epochs": last.epoch, "final top1 %": "-" if last.test is None else last.test.top1,
+            "best top1 %": best.monitored.top1,
             "best epoch": best.epoch, "final firing rate": "-" if rate is None else rate,
             "train minutes": last.elapsed_s / 60}
 

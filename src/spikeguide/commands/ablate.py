@@ -11,11 +11,14 @@ interrupted one resumed (a cell folder holding a run of another config is an err
 silently reused). The teacher is trained (if needed) and evaluated once per ablation, not once
 per cell. After every cell the tables ``OUT/ablation.md`` and ``OUT/ablation.csv`` are
 rewritten: the markdown gives, per variant and T, the mean +- standard deviation of the final
-test top-1 over the seeds with the per-seed values, the differences between variants (marked
-"not established" where a difference is smaller than the two variants' spread, the sum of their
-standard deviations), and every cell's best and final top-1, firing rate of the spiking layers
-at the end (RepAct's ReLU is not a spiking layer) and training wall time from the run's log. The
-CSV has one row per cell.
+test top-1 over the seeds with the per-seed values (and of the final validation top-1 where the
+recipe holds out ``data.val_split``), the differences between variants with a paired t-test over
+the seeds (:mod:`spikeguide.analysis.paired`; seeds pair because a seed fixes the initial
+weights and the data order), and every cell's best and final top-1, firing rate of the spiking
+layers at the end (RepAct's ReLU is not a spiking layer) and training wall time from the run's
+log. Variants are compared on the validation split where there is one: that is the figure to
+choose settings on; on the test split otherwise, which the table then says. The CSV has one row
+per cell.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from ..analysis.paired import MIN_SEEDS, paired_test
 from ..config import Config, apply_overrides, merge, parse_config, read_toml
 from ..errors import SpikeguideError, TrainingStopped
 from ..training.build import build_test_set, load_model
@@ -94,17 +98,20 @@ def cell_config(raw: dict, base: Config, variant: Variant, T: int, seed: int, ou
 
 @dataclass(frozen=True)
 class CellResult:
-    best_top1: float
-    final_top1: float
+    best_top1: float  # on validation where the recipe holds a split out, else on test
+    final_top1: float  # test
+    final_val_top1: float | None  # None: no validation split
     firing_rate: float  # of the spiking layers, at the end
     wall_s: float  # training seconds from the run's log, every process of a resumed run
 
 
 def read_cell(run_dir: Path) -> CellResult:
     records = read_metrics(run_dir)
-    return CellResult(best_top1=max(r.test.top1 for r in records),
-                      final_top1=records[-1].test.top1,
-                      firing_rate=records[-1].test.firing_rate, wall_s=records[-1].elapsed_s)
+    last = records[-1]
+    return CellResult(best_top1=max(r.monitored.top1 for r in records),
+                      final_top1=last.test.top1, firing_rate=last.test.firing_rate,
+                      wall_s=last.elapsed_s,
+                      final_val_top1=None if last.val is None else last.val.top1)
 
 
 CellKey = tuple[str, int, int]  # (variant key, T, seed)
@@ -120,16 +127,6 @@ def summary_cell(values: list[float]) -> str:
     mean, std = spread(values)
     seeds = ", ".join(f"{v:.2f}" for v in values)
     return f"{mean:.2f}" + (f" +- {std:.2f} [{seeds}]" if std is not None else "")
-
-
-def comparison(a: list[float], b: list[float]) -> str:
-    """``a - b`` in mean, and whether the difference exceeds the two variants' spread."""
-    (ma, sa), (mb, sb) = spread(a), spread(b)
-    diff = f"{ma - mb:+.2f}"
-    if sa is None or sb is None:
-        return f"{diff} (one seed: spread unknown)"
-    established = abs(ma - mb) > sa + sb
-    return diff + ("" if established else f" (not established: spread {sa + sb:.2f})")
 
 
 def comparisons(variants: list[Variant]) -> list[tuple[Variant, Variant]]:
@@ -151,10 +148,21 @@ def write_tables(out: Path, title: str, teacher: str, teacher_top1: float | None
         writer.writerow(["variant", "T", "seed"] + fields)
         for v, T, s in done:
             cell = results[v.key, T, s]
-            writer.writerow([v.label, T, s] + [round(getattr(cell, k), 4) for k in fields])
+            writer.writerow([v.label, T, s] + ["-" if getattr(cell, k) is None else
+                                               round(getattr(cell, k), 4) for k in fields])
 
-    def finals(v: Variant, T: int) -> list[float]:
-        return [results[v.key, T, s].final_top1 for s in seeds if (v.key, T, s) in results]
+    def finals(v: Variant, T: int, field: str = "final_top1") -> list[float]:
+        return [getattr(results[v.key, T, s], field) for s in seeds if (v.key, T, s) in results]
+
+    def compared(a: Variant, b: Variant, T: int) -> str:
+        both = [s for s in seeds if (a.key, T, s) in results and (b.key, T, s) in results]
+        if not both:
+            return "-"
+        return paired_test([getattr(results[a.key, T, s], ranked) for s in both],
+                           [getattr(results[b.key, T, s], ranked) for s in both]).describe()
+
+    with_val = any(cell.final_val_top1 is not None for cell in results.values())
+    ranked, split = ("final_val_top1", "validation") if with_val else ("final_top1", "test")
 
     acc = "not recorded" if teacher_top1 is None else f"{teacher_top1:.2f} %"
     header = "| variant | " + " | ".join(f"T={T}" for T in Ts) + " |"
@@ -167,16 +175,28 @@ def write_tables(out: Path, title: str, teacher: str, teacher_top1: float | None
     for v in variants:
         lines.append(f"| {v.label} | " + " | ".join(
             summary_cell(finals(v, T)) if finals(v, T) else "not run" for T in Ts) + " |")
+    if with_val:
+        lines += ["", "Final validation top-1 (%), the figure variants are compared on:", "",
+                  header, rule]
+        for v in variants:
+            lines.append(f"| {v.label} | " + " | ".join(
+                summary_cell(finals(v, T, ranked)) if finals(v, T) else "not run" for T in Ts)
+                + " |")
     pairs = comparisons(variants)
     if pairs:
-        lines += ["", "Differences in mean final top-1 (percentage points); a difference smaller "
-                  "than the sum of the two standard deviations is not established.", "",
-                  header.replace("variant", "comparison"), rule]
+        lines += ["", f"Differences in mean final {split} top-1 (percentage points) over the "
+                  "seeds both variants ran, paired by seed: the mean difference, its 95 % "
+                  f"confidence interval and a paired t-test's p; established where p < 0.05 with "
+                  f"at least {MIN_SEEDS} seeds."]
+        if not with_val:
+            lines += ["", "The recipe holds out no validation split (data.val_split), so these "
+                      "compare test figures: report them, but choose no setting on them."]
+        lines += ["", header.replace("variant", "comparison"), rule]
         for a, b in pairs:
-            lines.append(f"| {a.label} vs {b.label} | " + " | ".join(
-                comparison(finals(a, T), finals(b, T)) if finals(a, T) and finals(b, T) else "-"
-                for T in Ts) + " |")
-    lines += ["", "Every cell: best / final test top-1 (%), mean firing rate of the spiking layers "
+            lines.append(f"| {a.label} vs {b.label} | "
+                         + " | ".join(compared(a, b, T) for T in Ts) + " |")
+    best = "best validation / final test" if with_val else "best / final test"
+    lines += ["", f"Every cell: {best} top-1 (%), mean firing rate of the spiking layers "
               "at the end, training wall time (s).", "",
               "| variant | T | seed | best / final | firing rate | wall time |", "|---" * 6 + "|"]
     for v, T, s in done:

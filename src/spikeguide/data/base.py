@@ -60,11 +60,30 @@ class ArrayDataset:
         """A stratified subset of ``n`` samples (see :func:`stratified_indices`); samples keep
         their original order and ``info["subset"]`` records the choice."""
         keep = stratified_indices(self.y, self.num_classes, n, seed)
-        return replace(self, x=self.x[keep], y=self.y[keep], info=subset_info(self.info, n, seed))
+        return self.select(keep, subset_info(self.info, n, seed))
+
+    def select(self, keep: torch.Tensor, info: dict) -> ArrayDataset:
+        """The samples at the indices ``keep``, in that order, described by ``info``."""
+        return replace(self, x=self.x[keep], y=self.y[keep], info=info)
 
 
 def subset_info(info: dict, n: int, seed: int) -> dict:
     return {**info, "subset": {"n": n, "seed": seed, "rule": "stratified"}}
+
+
+def hold_out(dataset, n: int, seed: int):
+    """``(rest, held)``: a class-balanced, seeded part of ``n`` samples of ``dataset`` (the
+    :func:`stratified_indices` rule) and the samples it leaves, both in their original order and
+    disjoint. The same (dataset, n, seed) hold out the same samples in every process."""
+    if not 0 < n < len(dataset):
+        raise SpikeguideError(f"data.val_split must be in 1..{len(dataset) - 1} for this training "
+                              f"split of {len(dataset)} samples, got {n}")
+    held = stratified_indices(dataset.y, dataset.num_classes, n, seed)
+    keep = torch.ones(len(dataset), dtype=torch.bool)
+    keep[held] = False
+    rule = {"n": n, "seed": seed, "rule": "stratified"}
+    return (dataset.select(keep.nonzero().squeeze(1), {**dataset.info, "val_held_out": rule}),
+            dataset.select(held, {**dataset.info, "val_split": rule}))
 
 
 def stratified_indices(y: torch.Tensor, num_classes: int, n: int, seed: int) -> torch.Tensor:

@@ -76,8 +76,11 @@ class ImageFiles:
     def subset(self, n: int, seed: int = 0) -> ImageFiles:
         """The files :meth:`ArrayDataset.subset` would keep, so both kinds agree."""
         keep = stratified_indices(self.y, self.num_classes, n, seed)
-        return replace(self, names=self.names[keep.numpy()], y=self.y[keep],
-                       info=subset_info(self.info, n, seed))
+        return self.select(keep, subset_info(self.info, n, seed))
+
+    def select(self, keep: torch.Tensor, info: dict) -> ImageFiles:
+        """The files at the indices ``keep``, in that order, described by ``info``."""
+        return replace(self, names=self.names[keep.numpy()], y=self.y[keep], info=info)
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:

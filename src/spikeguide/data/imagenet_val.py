@@ -9,7 +9,7 @@ found wins:
   sorted class folders (Caffe's ImageNet list);
 - ``ILSVRC2012_validation_ground_truth.txt`` (the devkit): one 1-based ILSVRC2012_ID a line,
   for the images in file-name order; the devkit's ``meta.mat`` (beside it, or in
-  ``ILSVRC2012_devkit_t12/data/``) maps the IDs to WordNet ids. Reading it needs scipy.
+  ``ILSVRC2012_devkit_t12/data/``) maps the IDs to WordNet ids. Reading it uses scipy.
 
 Every image of the folder needs a label and every label an image; class names are those of the
 training split's class folders.
@@ -124,11 +124,8 @@ def devkit_wnids(ground_truth: Path) -> dict[int, str]:
     if meta is None:
         raise SpikeguideError(f"imagefolder: {ground_truth} holds devkit IDs, which the devkit's "
                               f"meta.mat maps to classes; put meta.mat at {candidates[0]}")
-    try:
-        from scipy.io import loadmat  # optional: only this form of the ground truth needs it
-    except ImportError:
-        raise SpikeguideError(f"imagefolder: reading {meta} needs scipy: pip install scipy "
-                              "(or spikeguide[imagenet])") from None
+    from scipy.io import loadmat  # only this form of the ground truth needs it
+
     synsets = loadmat(meta, squeeze_me=True)["synsets"]
     return {int(i): str(w) for i, w, children in zip(synsets["ILSVRC2012_ID"], synsets["WNID"],
                                                        synsets["num_children"])

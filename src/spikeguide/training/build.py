@@ -10,6 +10,7 @@ import torch
 
 from ..config import Config, apply_overrides, parse_config
 from ..data import Dataset, ImageFiles, choose_loader, open_dataset
+from ..data.base import hold_out
 from ..errors import SpikeguideError
 from ..methods import METHODS
 from ..models import SpikingNet, checked_weights, create_model
@@ -23,14 +24,22 @@ def build_splits(cfg: Config, splits: tuple[str, ...], device: torch.device | No
                  ) -> list[Dataset]:
     """The ``splits`` of the run's data (subsets applied), in memory or as files to stream as
     ``data.loader`` decides for all of them together (``device``: where training runs; default
-    ``train.device``). The choice and its reason are logged and go into each split's info."""
+    ``train.device``). The choice and its reason are logged and go into each split's info.
+
+    ``data.val_split`` holds its samples out of "train" before ``data.train_subset`` applies;
+    they are the split "val", which needs "train" among ``splits``."""
     d = cfg.data
-    subsets = {"train": d.train_subset, "test": d.test_subset}
-    datasets = []
+    subsets = {"train": d.train_subset, "test": d.test_subset, "val": None}
+    opened = {}
     for split in splits:
+        if split == "val":
+            continue
         dataset = open_dataset(d.name, d.root, split, **d.options)
-        datasets.append(dataset.subset(subsets[split], seed=cfg.train.seed)
-                        if subsets[split] else dataset)
+        if split == "train" and d.val_split:
+            dataset, opened["val"] = hold_out(dataset, d.val_split, d.val_seed)
+        opened[split] = (dataset.subset(subsets[split], seed=cfg.train.seed)
+                         if subsets[split] else dataset)
+    datasets = [opened[split] for split in splits]
     check_same_classes(datasets, splits)
     choice = choose_loader(d.loader, datasets,
                            random_crop=d.augment.random_resized_crop and "train" in splits,
@@ -62,9 +71,21 @@ def build_test_set(cfg: Config, device: torch.device | None = None) -> Dataset:
 
 
 def build_datasets(cfg: Config, device: torch.device | None = None) -> tuple[Dataset, Dataset]:
+    """The training split (``data.val_split`` held out of it) and the test split."""
     train, test = build_splits(cfg, ("train", "test"), device)
     check_frames(cfg, train)
     return train, test
+
+
+def build_run_datasets(cfg: Config, device: torch.device | None = None
+                       ) -> tuple[Dataset, Dataset | None, Dataset]:
+    """The training, validation (None without ``data.val_split``) and test splits."""
+    if not cfg.data.val_split:
+        train, test = build_datasets(cfg, device)
+        return train, None, test
+    train, val, test = build_splits(cfg, ("train", "val", "test"), device)
+    check_frames(cfg, train)
+    return train, val, test
 
 
 def check_frames(cfg: Config, dataset: Dataset) -> None:

@@ -20,7 +20,7 @@ from ..errors import SpikeguideError, TrainingStopped
 from ..methods import METHODS, Method
 from ..models import checked_weights, load_twin_weights
 from ..neurons.kernels import empty_cache
-from .build import build_datasets, build_model
+from .build import build_model, build_run_datasets
 from .checkpoint import LATEST, UnreadableCheckpoint, load_checkpoint
 from .distributed import (
     DistInfo,
@@ -99,14 +99,15 @@ def train(cfg: Config, *, resume: Resume = False, overwrite: bool = False,
     set_threads(cfg.train.threads, start.state.get("threads") if start else None, threads_share)
     if not dist.is_main:  # rank 0 decodes and caches the data first, the others then read it
         barrier(dist)
-    train_set, test_set = build_datasets(cfg, device)
+    train_set, val_set, test_set = build_run_datasets(cfg, device)
     if dist.is_main:
         barrier(dist)
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every process and rerun
     # the teacher is evaluated and recorded by one process
     method = build_method(cfg, train_set, test_set if dist.is_main else None,
                           teacher_record if dist.is_main else None)
-    trainer = Trainer(cfg, method, train_set, test_set, device=device, dist=dist)
+    trainer = Trainer(cfg, method, train_set, test_set, device=device, dist=dist,
+                      val_set=val_set)
     if start is not None:
         checked_weights(method.student, start.state["model"], str(start.path))
         trainer.load_state_dict(start.state)
@@ -154,9 +155,13 @@ def check_same_config(cfg: Config) -> None:
 def is_finished(cfg: Config) -> bool:
     latest = cfg.run_dir / LATEST
     try:  # memory-mapped: reads the epoch, not the weights
-        return latest.is_file() and load_checkpoint(latest, mmap=True)["epoch"] >= cfg.train.epochs
+        if not latest.is_file():
+            return False
+        state = load_checkpoint(latest, mmap=True)
     except UnreadableCheckpoint:  # training resumes from previous.pt
         return False
+    # a budgeted run's planned epochs are in its checkpoint
+    return state["epoch"] >= (state.get("epochs") or cfg.train.epochs)
 
 
 def ensure_trained(cfg: Config, **train_options: Any) -> bool:

@@ -27,20 +27,35 @@ class EpochRecord:
     lr: float
     train_loss: float
     train_top1: float
-    test: Scores
+    test: Scores | None  # None: not scored this epoch (a validation split's runs score it last)
     elapsed_s: float  # training seconds of the whole run so far, every resumed process counted
+    val: Scores | None = None  # the validation split's, where the run holds one out
 
     def to_json(self) -> dict[str, Any]:
-        """The flat line of ``metrics.jsonl``: the test scores as ``test_<name>``."""
-        line = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "test"}
-        line.update({f"test_{k}": v for k, v in dataclasses.asdict(self.test).items()})
+        """The flat line of ``metrics.jsonl``: the scores as ``test_<name>`` and ``val_<name>``."""
+        line = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in SPLITS}
+        for split in SPLITS:
+            if getattr(self, split) is not None:
+                line.update({f"{split}_{k}": v
+                             for k, v in dataclasses.asdict(getattr(self, split)).items()})
         return line
+
+    @property
+    def monitored(self) -> Scores:
+        """The scores a run is followed and chosen on: validation's where it holds a split out."""
+        return self.val or self.test
 
     @classmethod
     def from_json(cls, line: dict[str, Any]) -> EpochRecord:
-        test = Scores(**{f.name: line[f"test_{f.name}"] for f in dataclasses.fields(Scores)})
-        return cls(**{f.name: line[f.name] for f in dataclasses.fields(cls) if f.name != "test"},
-                   test=test)
+        scores = {split: Scores(**{f.name: line[f"{split}_{f.name}"]
+                                   for f in dataclasses.fields(Scores)})
+                  if f"{split}_top1" in line else None for split in SPLITS}
+        return cls(**{f.name: line[f.name] for f in dataclasses.fields(cls)
+                      if f.name not in SPLITS}, **scores)
+
+
+SPLITS = ("test", "val")  # the evaluated splits of a record
 
 
 class RunLog:
@@ -67,7 +82,7 @@ class RunLog:
         for key, value in line.items():
             if isinstance(value, (int, float)) and key not in ("epoch", "global_step"):
                 self.writer.add_scalar(key.replace("_", "/", 1), value, record.global_step)
-        for layer, rate in record.test.layer_rates.items():
+        for layer, rate in (record.val or record.test).layer_rates.items():
             self.writer.add_scalar(f"firing/{layer}", rate, record.global_step)
         self.writer.flush()
 

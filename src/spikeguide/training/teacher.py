@@ -8,6 +8,9 @@ A student names its teacher with ``teacher.checkpoint`` (a run directory or chec
   unless a finished run of that same config is already there (an interrupted one is resumed).
 * both: the recipe, trained the same way into the run directory ``teacher.checkpoint``.
 
+With ``teacher.budget_share``, the recipe trains within that share of the student's
+``train.time_budget`` (training/budget.py).
+
 Training the recipe is the runner's job (:func:`spikeguide.training.run.ensure_teacher`); this
 module only says where the teacher is, loads and checks it, and evaluates it. Paths are relative
 to the working directory, like every path in a recipe. The teacher must be the student's ANN twin
@@ -28,6 +31,7 @@ from ..data import Dataset
 from ..data.loader import normalized_batches
 from ..errors import SpikeguideError
 from ..models import SpikingNet
+from .budget import teacher_seconds
 from .build import load_model
 from .distributed import resolve_device
 from .scoring import score_model
@@ -43,6 +47,8 @@ def teacher_config(cfg: Config) -> Config | None:
     if t.recipe is None:
         return None
     tcfg = load_config(t.recipe)
+    if t.budget_share is not None:  # the teacher trains in its share of the student's budget
+        tcfg.train.time_budget = teacher_seconds(cfg)
     if t.checkpoint is not None:
         path = Path(t.checkpoint)
         if path.suffix == ".pt":

@@ -31,6 +31,7 @@ from ..data import Augment, Dataset, make_loader
 from ..data.loader import mix_seed
 from ..errors import SpikeguideError
 from ..methods import Method
+from .budget import EpochCost, TimeBudget, run_seconds
 from .checkpoint import FORMAT, PREVIOUS, save_checkpoint
 from .compile import compile_engine
 from .cudagraph import GraphedStep, use_cuda_graph
@@ -71,10 +72,12 @@ def firing_text(rate: float | None) -> str:
 
 
 class Trainer:
-    """Trains ``method`` on ``train_set``, evaluating on ``test_set`` after every epoch."""
+    """Trains ``method`` on ``train_set``, evaluating on ``test_set`` after every epoch (with a
+    ``val_set``: on it after every epoch, on ``test_set`` after the last or as
+    ``train.test_every_epoch`` says)."""
 
     def __init__(self, cfg: Config, method: Method, train_set: Dataset, test_set: Dataset, *,
-                 device: torch.device, dist: DistInfo = DistInfo()):
+                 device: torch.device, dist: DistInfo = DistInfo(), val_set: Dataset | None = None):
         self.cfg = cfg
         self.device = device
         self.dist = dist
@@ -105,16 +108,26 @@ class Trainer:
         self.test_loader = make_loader(test_set, cfg.data.eval_batch_size, shuffle=False,
                                        drop_last=False, device=device, rank=dist.rank,
                                        world_size=dist.world_size)
+        self.val_loader = None if val_set is None else make_loader(
+            val_set, cfg.data.eval_batch_size, shuffle=False, drop_last=False, device=device,
+            rank=dist.rank, world_size=dist.world_size)
         self.data_info = {"num_classes": train_set.num_classes, "in_channels": train_set.in_channels,
                           "frame_shape": list(train_set.frame_shape),  # [C, H, W] of one input
-                          "train": train_set.info, "test": test_set.info}
+                          "train": train_set.info, "test": test_set.info,
+                          **({"val": val_set.info} if val_set is not None else {})}
         self.optimizer = build_optimizer(cfg.optim, method)
+        # the epochs to train: train.epochs, or as many as fit train.time_budget (chosen once the
+        # first steps are timed, then kept in every checkpoint)
+        self.epochs = cfg.train.epochs
+        budget_s = run_seconds(cfg)
+        self.budget = None if budget_s is None else TimeBudget(budget_s)
+        self.planned = self.budget is None
         steps = len(self.train_loader)
-        total, warmup = steps * cfg.train.epochs, int(round(cfg.optim.warmup_epochs * steps))
+        warmup = int(round(cfg.optim.warmup_epochs * steps))
         min_ratio = cfg.optim.min_lr / cfg.optim.lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda s: lr_factor(s, total, warmup, cfg.optim.schedule, min_ratio),
+            lambda s: lr_factor(s, steps * self.epochs, warmup, cfg.optim.schedule, min_ratio),
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16")
         self.graphed = (GraphedStep(self._device_step, self.optimizer)
@@ -145,6 +158,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
+            "epochs": self.epochs if self.budget is not None and self.planned else None,
             "step": self.step,
             "global_step": self.global_step,
             "best_top1": self.best_top1,
@@ -161,6 +175,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
+        if state.get("epochs") is not None:  # the plan of a budgeted run is kept, not redone
+            self.epochs, self.planned = state["epochs"], True
         self.global_step, self.best_top1 = state["global_step"], state["best_top1"]
         self.epoch_stats = dict(state["epoch_stats"])
         self.elapsed_before = state.get("elapsed_s", 0.0)  # absent in older checkpoints
@@ -292,14 +308,21 @@ class Trainer:
                               resumed_step=self.step, checkpoint=str(point.path))
 
     def _should_stop(self, max_steps: int | None) -> bool:
-        """After a step: whether to stop (a signal, ``max_steps``); reads the meter every
-        ``train.log_every`` steps. Processes agree on a signal at those reads."""
-        signalled = self.stop_signal is not None
+        """After a step: whether to stop (a signal, ``max_steps``, the time budget's deadline);
+        reads the meter every ``train.log_every`` steps. Processes agree on a signal or the
+        deadline at those reads."""
+        asked = self.stop_signal is not None or (self.budget is not None and self.budget.expired())
         if self.global_step % self.cfg.train.log_every == 0 or self.global_step == max_steps:
-            signalled = self._read(stop=signalled).stop
+            asked = self._read(stop=asked).stop
         elif self.dist.enabled:
-            signalled = False
-        return signalled or self.global_step == max_steps
+            asked = False
+        return asked or self.global_step == max_steps
+
+    def _deadline_stop(self, max_steps: int | None) -> bool:
+        """Whether a stop :meth:`_should_stop` asked for is the budget's deadline (no signal
+        here, not ``max_steps``)."""
+        return (self.budget is not None and self.stop_signal is None
+                and self.global_step != max_steps)
 
     @contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
@@ -320,24 +343,51 @@ class Trainer:
 
     def test(self) -> Scores:
         """The student's scores on the test split (each process scores its shard)."""
-        return score_model(self.method.student, self.test_loader, self.augment.normalize,
+        return self.score(self.test_loader)
+
+    def score(self, loader) -> Scores:
+        return score_model(self.method.student, loader, self.augment.normalize,
                            reduce=lambda values: all_reduce_sum(values, self.dist))
 
+    def _after_step(self) -> None:
+        """A budgeted run's bookkeeping: the first steps timed, the epochs planned (at the end of
+        the first epoch at the latest)."""
+        if self.planned:
+            return
+        if self.device.type == "cuda":  # a probe step's time is its device work: wait for it
+            torch.cuda.synchronize(self.device)
+        if not self.budget.time_step() and self.step < len(self.train_loader):
+            return
+        world = self.dist.world_size
+        val = len(self.val_loader.dataset) if self.val_loader is not None else 0
+        test = len(self.test_loader.dataset)
+        every = test if val == 0 or self.cfg.train.test_every_epoch else 0
+        cost = EpochCost(len(self.train_loader), self.cfg.data.batch_size // world,
+                         (val + every) // world, (test - every) // world)
+        plan = self.budget.plan(cost, self.cfg.train.epochs)
+        # every process trains rank 0's plan
+        self.epochs = int(all_reduce_sum([plan.epochs if self.dist.is_main else 0], self.dist)[0])
+        self.planned = True
+        if self.dist.is_main:
+            log.info(plan.describe(self.budget.seconds, self.cfg.train.epochs))
+
     def fit(self, max_steps: int | None = None) -> TrainSummary:
-        """Train to ``train.epochs`` (or stop after ``max_steps`` global steps, or on a signal,
-        with a checkpoint)."""
+        """Train to ``train.epochs``, or the epochs ``train.time_budget`` plans (or stop after
+        ``max_steps`` global steps, or on a signal, with a checkpoint)."""
         if self.dist.is_main:
             self._write_config()
             self.log = RunLog(self.run_dir, self.epoch, self.global_step)
-        epochs, every = self.cfg.train.epochs, self.cfg.train.checkpoint_every
+        every = self.cfg.train.checkpoint_every
         self.fit_start = time.time()
+        if self.budget is not None:
+            self.budget.restart(self.elapsed_before)
         last: EpochRecord | None = None
         show = None if self.cfg.train.progress and self.dist.is_main else True
         if self.cfg.train.on_nonfinite == "rollback" and not (self.run_dir / "latest.pt").exists():
             self.save("latest")  # something to roll back to
         try:
             with self._stop_on_signals():
-                while self.epoch < epochs:
+                while self.epoch < self.epochs:
                     # a resumed epoch's sums so far: rank 0 holds them (the sums of all ranks)
                     stats = self.epoch_stats if self.dist.is_main else {}
                     self.meter.start_epoch(stats.get("loss", 0.0), stats.get("correct", 0),
@@ -345,13 +395,18 @@ class Trainer:
                     self.method.train()
                     self.train_loader.set_epoch(self.epoch)
                     bar = tqdm(self.train_loader.iter_from(self.step), total=len(self.train_loader),
-                               initial=self.step, desc=f"epoch {self.epoch + 1}/{epochs}",
+                               initial=self.step, desc=f"epoch {self.epoch + 1}/{self.epochs}",
                                leave=False, disable=show)
                     try:
                         for x, y in bar:
                             self._train_step(x, y)
+                            if self.budget is not None:
+                                self._after_step()
                             if self._should_stop(max_steps):
                                 bar.close()
+                                if self._deadline_stop(max_steps):
+                                    self._stop_at_deadline()
+                                    break
                                 path = self.save("latest")
                                 finished = read_metrics(self.run_dir)
                                 return TrainSummary(
@@ -372,16 +427,28 @@ class Trainer:
             last = read_metrics(self.run_dir)[-1]
         return TrainSummary(self.dist.is_main, self.best_top1, last)
 
+    def _stop_at_deadline(self) -> None:
+        """The budget is spent: the epoch in progress becomes the last (evaluated and
+        checkpointed by its end like any other)."""
+        log.warning("time budget of %.0f s spent during epoch %d (step %d of %d): this epoch "
+                    "is the last (%d planned)", self.budget.seconds, self.epoch + 1, self.step,
+                    len(self.train_loader), self.epochs)
+        self.epochs, self.planned = self.epoch + 1, True
+
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.fit_start
 
     def _end_epoch(self, elapsed: float) -> EpochRecord:
         reading = self._read()
         loss, correct, seen = reading.loss_sum, reading.correct, reading.seen
-        scores = self.test()
+        val = None if self.val_loader is None else self.score(self.val_loader)
+        last = self.epoch + 1 >= self.epochs
+        test = self.test() if val is None or last or self.cfg.train.test_every_epoch else None
         record = EpochRecord(epoch=self.epoch + 1, global_step=self.global_step,
                              lr=self.optimizer.param_groups[0]["lr"], train_loss=loss / seen,
-                             train_top1=100 * correct / seen, test=scores, elapsed_s=elapsed)
+                             train_top1=100 * correct / seen, test=test, elapsed_s=elapsed,
+                             val=val)
+        scores = val or test  # best.pt is chosen on validation where there is a split
         improved = scores.top1 > self.best_top1
         self.best_top1 = max(self.best_top1, scores.top1)
         self.epoch, self.step = self.epoch + 1, 0
@@ -394,7 +461,9 @@ class Trainer:
         if improved:
             self.save("best")
         self.save("latest")
-        log.info("epoch %d: train loss %.4f top1 %.2f | test top1 %.2f (best %.2f) | firing %s",
-                 self.epoch, record.train_loss, record.train_top1, scores.top1, self.best_top1,
+        log.info("epoch %d: train loss %.4f top1 %.2f | %s top1 %.2f (best %.2f)%s | firing %s",
+                 self.epoch, record.train_loss, record.train_top1, "test" if val is None else "val",
+                 scores.top1, self.best_top1,
+                 f" | test top1 {test.top1:.2f}" if val is not None and test is not None else "",
                  firing_text(scores.firing_rate))
         return record
