@@ -291,8 +291,8 @@ def must_refuse(b: Bench, recipe: Path, fault: str, injected: str, *args: str) -
 def foreign_checkpoint(b: Bench) -> Result:
     recipe = b.recipe("foreign")
     other = b.recipe("other", model={"width": 0.125})
-    b.train(recipe, "--overwrite", "--max-steps", "2")
     b.train(other, "--overwrite", "--max-steps", "2")
+    b.run_dir(recipe).mkdir(parents=True, exist_ok=True)
     (b.run_dir(recipe) / "latest.pt").write_bytes((b.run_dir(other) / "latest.pt").read_bytes())
     return must_refuse(b, recipe, "checkpoint of another model",
                        "latest.pt of a 2x wider ResNet-20", "--resume", "auto")

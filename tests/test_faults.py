@@ -239,9 +239,11 @@ def test_a_killed_rank_restarts_the_group_from_its_checkpoint_bit_identically(tm
            "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), BENCHMARKS, SRC])}
     recipe = write_recipe(tmp_path / "r.toml", tiny_config(tmp_path, name="killed", **settings))
     # --overwrite is the first command's: the restarted group must resume, not start over
-    proc = run_cli("train", str(recipe), *command, "--overwrite", env=env)
+    proc = run_cli("-v", "train", str(recipe), *command, "--overwrite", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "worker group restart 1 of at most 3: continuing from the last checkpoint" in proc.stderr
+    # resumed at the checkpoint of step 4 (starting over would end with the same weights)
+    assert f"resumed {tmp_path / 'runs' / 'killed'} at epoch 0 step 4" in proc.stderr
     assert "exitcode: -9" in proc.stderr  # rank 1 did die
     killed = load_checkpoint(tmp_path / "runs" / "killed" / "latest.pt")
     assert killed["global_step"] == 6

@@ -173,7 +173,7 @@ def ensure_trained(cfg: Config, **train_options: Any) -> bool:
     check_same_config(cfg)
     if is_finished(cfg):
         return False
-    stopped = train(cfg, resume="auto", **train_options).stopped
+    stopped = train(cfg, resume=has_checkpoint(cfg.run_dir), **train_options).stopped
     if stopped is not None:
         raise TrainingStopped(
             f"training {str(cfg.run_dir)!r} stopped on signal {stopped.signal} at epoch "

@@ -264,8 +264,9 @@ class Trainer:
         self.meter.add(loss.new_zeros(()), logits[:0], y[:0])
         self.meter.seen -= len(y)
         self.nonfinite.skipped += 1
-        self._nonfinite_event("skip", float(loss.detach()), self.epoch, self.step,
-                              skipped=self.nonfinite.skipped)
+        value = float(loss.detach())  # None: not finite on another process
+        self._nonfinite_event("skip", None if math.isfinite(value) else value, self.epoch,
+                              self.step, skipped=self.nonfinite.skipped)
 
     def _nonfinite_event(self, action: str, loss: float | None, epoch: int, step: int,
                          **details: Any) -> None:
