@@ -117,11 +117,11 @@ def test_a_short_estimate_stops_at_the_deadline_with_the_epoch_scored(tmp_path, 
     fake_clock.step_s = [1.0] * 6 + [3.0]  # planned on 1 s steps (3 epochs), then 3 s each
     cfg = budgeted(tmp_path)
     summary = train(cfg)
-    # 11 s after 7 steps, 3 s a step after: 100 s spent after step 37, found before step 38
+    # 11 s after 7 steps, 3 s a step after: 100 s spent after step 37, found right after it
     assert summary.stopped is None and summary.last.epoch == 2
     state = load_checkpoint(cfg.run_dir / "latest.pt")
     assert (state["epoch"], state["epochs"], state["step"]) == (2, 2, 0)
-    assert state["global_step"] == 38  # the step that found the time spent still trained
+    assert state["global_step"] == 37  # no step starts once the time is spent
     assert summary.last.test is not None
     assert is_finished(cfg)
 
@@ -131,7 +131,7 @@ def test_a_budget_spent_before_the_plan_ends_the_first_epoch_finished(tmp_path, 
     summary = train(cfg)
     assert summary.stopped is None and summary.last.epoch == 1
     state = load_checkpoint(cfg.run_dir / "latest.pt")
-    assert (state["epochs"], state["global_step"]) == (1, 2)
+    assert (state["epochs"], state["global_step"]) == (1, 1)  # stopped right after that step
     assert is_finished(cfg)
 
 
