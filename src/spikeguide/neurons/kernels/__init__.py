@@ -36,6 +36,7 @@ import torch
 from ...errors import SpikeguideError
 from ..surrogates import Surrogate
 from . import cpu
+from .bn_lif import BNStats, CppBNLoops, fused_bn_lif
 from .fused import TorchLoops, fused_lif
 from .pool import BufferPool
 from .spec import SUPPORT, KernelSupport, LIFSpec
@@ -45,12 +46,22 @@ AUTO_ORDER = ("compiled", "triton", "fused")
 _TORCH_LOOPS = TorchLoops()
 _POOL = BufferPool()
 _CPP_LOOPS = cpu.CppLoops(_POOL)
+_CPP_BN_LOOPS = CppBNLoops(_POOL)
+BN_BACKENDS = ("compiled", "triton")  # the backends that also run batch norm fused (.bn_lif)
 
 
 def check_backend(name: str) -> str:
     if name not in BACKENDS:
         raise SpikeguideError(f"unknown neuron backend {name!r}; choose one of {', '.join(BACKENDS)}")
     return name
+
+
+@functools.cache
+def _triton_bn_loops():
+    _triton_loops()  # the same one-line error where Triton is missing
+    from .triton_bn_lif import TritonBNLoops
+
+    return TritonBNLoops()
 
 
 @functools.cache
@@ -113,10 +124,19 @@ def fused_forward(current: torch.Tensor, decay: float | torch.Tensor, threshold:
     return fused_lif(current, decay, threshold, reset, detach_reset, surrogate, impl)
 
 
+def fused_bn_forward(x: torch.Tensor, bn: BNStats, decay: float | torch.Tensor, threshold: float,
+                     reset: str, detach_reset: bool, surrogate: Surrogate,
+                     backend: str) -> torch.Tensor:
+    """Spikes of the LIF over the batch-normalised currents ``x`` ``[T, B, C, ...]`` on a backend
+    of :data:`BN_BACKENDS` (see :mod:`.bn_lif`)."""
+    impl = _CPP_BN_LOOPS if backend == "compiled" else _triton_bn_loops()
+    return fused_bn_lif(x, bn, decay, threshold, reset, detach_reset, surrogate, impl)
+
+
 def empty_cache() -> None:
     """Release the CPU buffers the ``compiled`` backend keeps for reuse (see :mod:`.pool`)."""
     _POOL.clear()
 
 
-__all__ = ["BACKENDS", "SUPPORT", "KernelSupport", "LIFSpec", "check_backend", "empty_cache",
-           "fused_forward", "resolve_backend"]
+__all__ = ["BACKENDS", "BN_BACKENDS", "BNStats", "SUPPORT", "KernelSupport", "LIFSpec",
+           "check_backend", "empty_cache", "fused_bn_forward", "fused_forward", "resolve_backend"]

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace {
 
@@ -257,10 +258,212 @@ void record(torch::Tensor current, torch::Tensor spikes, torch::Tensor counts,
   });
 }
 
+// Batch norm on the input currents fused with the LIF (spikeguide.neurons.kernels.bn_lif).
+// x: [T, N] rows as for forward; the channel of neuron n is (n / inner) % C (inner = H * W for
+// NCHW rows, 1 for channels_last and [T, B, C] rows). The current is I = x * alpha_c + beta_c,
+// the order of operations of PyTorch's CPU batch norm. Nothing is saved but x: backward
+// recomputes h per block of neurons.
+template <typename T>
+inline void block_affine(int64_t b, int64_t n, int64_t inner, int64_t C, const T* alpha,
+                         const T* beta, T* a, T* c) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t ch = ((b + i) / inner) % C;
+    a[i] = alpha[ch];
+    c[i] = beta[ch];
+  }
+}
+
+template <typename T>
+void bn_forward_kernel(const T* x, int64_t stride_t, T* s, int64_t steps, int64_t N, int64_t inner,
+                       int64_t C, const T* alpha, const T* beta, T decay, T threshold, bool soft) {
+  at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+    T u[kBlock], a[kBlock], c[kBlock];
+    for (int64_t b = begin; b < end; b += kBlock) {
+      const int64_t n = std::min(kBlock, end - b);
+      block_affine(b, n, inner, C, alpha, beta, a, c);
+      std::fill(u, u + n, T(0));
+      for (int64_t t = 0; t < steps; ++t) {
+        const T* xt = x + t * stride_t + b;
+        T* st = s + t * N + b;
+        for (int64_t i = 0; i < n; ++i) {
+          T cur = xt[i] * a[i];
+          cur = cur + c[i];
+          T h = decay * u[i];
+          h = h + cur;
+          T sp = h >= threshold ? T(1) : T(0);
+          st[i] = sp;
+          u[i] = soft ? h - threshold * sp : h * (T(1) - sp);
+        }
+      }
+    }
+  });
+}
+
+// Pass 1: per chunk of kGrain neurons (a fixed split, so that sums do not depend on threads),
+// recompute h, run the LIF backward into g = dL/dI, and sum per channel g and g * xhat
+// (xhat = (x - mean_c) * invstd_c) into sums[chunk][0 or 1][C], and dL/ddecay into
+// decay_sums[chunk].
+template <typename T>
+void bn_backward_sums(const T* gs, const T* x, int64_t stride_t, T* g, int64_t steps, int64_t N,
+                      int64_t inner, int64_t C, const T* alpha, const T* beta, const T* mean,
+                      const T* invstd, T decay, T threshold, bool soft, bool detach, int sid,
+                      T width, bool want_decay, double* sums, double* decay_sums) {
+  const T keep = detach ? T(0) : T(1);
+  const int64_t chunks = (N + kGrain - 1) / kGrain;
+  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+    std::vector<T> hs(steps * kBlock);
+    T a[kBlock], c[kBlock], m[kBlock], r[kBlock], carry[kBlock], sg[kBlock], sum_g[kBlock],
+        sum_gx[kBlock];
+    for (int64_t chunk = first; chunk < last; ++chunk) {
+      double* ch_sums = sums + chunk * 2 * C;
+      double acc_decay = 0;
+      for (int64_t b = chunk * kGrain; b < std::min(N, (chunk + 1) * kGrain); b += kBlock) {
+        const int64_t n = std::min(kBlock, N - b);
+        block_affine(b, n, inner, C, alpha, beta, a, c);
+        block_affine(b, n, inner, C, mean, invstd, m, r);
+        std::fill(carry, carry + n, T(0));
+        for (int64_t t = 0; t < steps; ++t) {  // the forward, keeping h in hs
+          const T* xt = x + t * stride_t + b;
+          T* ht = hs.data() + t * kBlock;
+          for (int64_t i = 0; i < n; ++i) {
+            T cur = xt[i] * a[i];
+            cur = cur + c[i];
+            T h = decay * carry[i];
+            h = h + cur;
+            ht[i] = h;
+            carry[i] = reset_value(h, threshold, soft);
+          }
+        }
+        std::fill(carry, carry + n, T(0));
+        std::fill(sum_g, sum_g + n, T(0));
+        std::fill(sum_gx, sum_gx + n, T(0));
+        for (int64_t t = steps - 1; t >= 0; --t) {
+          const T* ht = hs.data() + t * kBlock;
+          const T* gt = gs + t * N + b;
+          const T* xt = x + t * stride_t + b;
+          T* git = g + t * N + b;
+          surrogate(sid, width, ht, threshold, static_cast<const T*>(nullptr), sg, n);
+          for (int64_t i = 0; i < n; ++i) {
+            T h = ht[i];
+            T gh;
+            if (soft) {
+              gh = (gt[i] - keep * threshold * carry[i]) * sg[i] + carry[i];
+            } else {
+              T sp = h >= threshold ? T(1) : T(0);
+              gh = (gt[i] - keep * h * carry[i]) * sg[i] + carry[i] * (T(1) - sp);
+            }
+            git[i] = gh;
+            carry[i] = decay * gh;
+            sum_g[i] += gh;
+            sum_gx[i] += gh * ((xt[i] - m[i]) * r[i]);
+          }
+          if (want_decay && t > 0) {
+            const T* hp = hs.data() + (t - 1) * kBlock;
+            for (int64_t i = 0; i < n; ++i)
+              acc_decay += double(git[i]) * double(reset_value(hp[i], threshold, soft));
+          }
+        }
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t ch = ((b + i) / inner) % C;
+          ch_sums[ch] += sum_g[i];
+          ch_sums[C + ch] += sum_gx[i];
+        }
+      }
+      decay_sums[chunk] = acc_decay;
+    }
+  });
+}
+
+// Pass 2, in place: g = alpha_c * (g - k1_c - xhat * k2_c).
+template <typename T>
+void bn_backward_input(const T* x, int64_t stride_t, T* g, int64_t steps, int64_t N, int64_t inner,
+                       int64_t C, const T* alpha, const T* mean, const T* invstd, const T* k1,
+                       const T* k2) {
+  at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+    T a[kBlock], m[kBlock], r[kBlock], c1[kBlock], c2[kBlock];
+    for (int64_t b = begin; b < end; b += kBlock) {
+      const int64_t n = std::min(kBlock, end - b);
+      block_affine(b, n, inner, C, alpha, mean, a, m);
+      block_affine(b, n, inner, C, invstd, k1, r, c1);
+      block_affine(b, n, inner, C, k2, k2, c2, c2);
+      for (int64_t t = 0; t < steps; ++t) {
+        const T* xt = x + t * stride_t + b;
+        T* gt = g + t * N + b;
+        for (int64_t i = 0; i < n; ++i)
+          gt[i] = a[i] * (gt[i] - c1[i] - ((xt[i] - m[i]) * r[i]) * c2[i]);
+      }
+    }
+  });
+}
+
+void check_rows(const torch::Tensor& x, const char* what) {
+  const int64_t steps = x.size(0), N = x.size(1);
+  TORCH_CHECK(x.stride(1) == 1 && (steps == 1 || x.stride(0) == N || x.stride(0) == 0), what,
+              " needs rows of N contiguous elements");
+}
+
+// spikes: contiguous [T, N]; alpha, beta: [C] of x's dtype.
+void bn_forward(torch::Tensor x, torch::Tensor spikes, torch::Tensor alpha, torch::Tensor beta,
+                int64_t inner, double decay, double threshold, bool soft) {
+  check_rows(x, "lif_cpu.bn_forward");
+  TORCH_CHECK(spikes.is_contiguous() && spikes.scalar_type() == x.scalar_type() &&
+              alpha.is_contiguous() && beta.is_contiguous() && alpha.numel() == beta.numel());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lif_cpu_bn_forward", [&] {
+    bn_forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), x.stride(0), spikes.data_ptr<scalar_t>(),
+                                x.size(0), x.size(1), inner, alpha.numel(),
+                                alpha.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(),
+                                scalar_t(decay), scalar_t(threshold), soft);
+  });
+}
+
+// Writes dL/dI into grad [T, N]; returns (per-channel sums [2, C] of dL/dI and dL/dI * xhat, in
+// float64; dL/ddecay as a float64 scalar tensor).
+std::vector<torch::Tensor> bn_backward_sums_op(
+    torch::Tensor grad_s, torch::Tensor x, torch::Tensor grad, torch::Tensor alpha,
+    torch::Tensor beta, torch::Tensor mean, torch::Tensor invstd, int64_t inner, double decay,
+    double threshold, bool soft, bool detach, int64_t sid, double width, bool want_decay) {
+  check_rows(x, "lif_cpu.bn_backward_sums");
+  grad_s = grad_s.contiguous();
+  TORCH_CHECK(grad.is_contiguous() && grad.scalar_type() == x.scalar_type() &&
+              grad_s.scalar_type() == x.scalar_type());
+  TORCH_CHECK(sid >= 0 && sid <= 4, "lif_cpu.bn_backward_sums evaluates the built-in surrogates only");
+  const int64_t N = x.size(1), C = alpha.numel(), chunks = (N + kGrain - 1) / kGrain;
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  auto sums = torch::zeros({chunks, 2, C}, f64);
+  auto decay_sums = torch::zeros({chunks}, f64);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lif_cpu_bn_backward_sums", [&] {
+    bn_backward_sums<scalar_t>(grad_s.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.stride(0),
+                               grad.data_ptr<scalar_t>(), x.size(0), N, inner, C,
+                               alpha.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(),
+                               mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(),
+                               scalar_t(decay), scalar_t(threshold), soft, detach, int(sid),
+                               scalar_t(width), want_decay, sums.data_ptr<double>(),
+                               decay_sums.data_ptr<double>());
+  });
+  return {sums.sum(0), decay_sums.sum()};
+}
+
+void bn_backward_input_op(torch::Tensor x, torch::Tensor grad, torch::Tensor alpha,
+                          torch::Tensor mean, torch::Tensor invstd, torch::Tensor k1,
+                          torch::Tensor k2, int64_t inner) {
+  check_rows(x, "lif_cpu.bn_backward_input");
+  TORCH_CHECK(grad.is_contiguous() && grad.scalar_type() == x.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lif_cpu_bn_backward_input", [&] {
+    bn_backward_input<scalar_t>(x.data_ptr<scalar_t>(), x.stride(0), grad.data_ptr<scalar_t>(),
+                                x.size(0), x.size(1), inner, alpha.numel(),
+                                alpha.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(),
+                                invstd.data_ptr<scalar_t>(), k1.data_ptr<scalar_t>(),
+                                k2.data_ptr<scalar_t>());
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "fused multi-step LIF forward");
   m.def("backward", &backward, "fused multi-step LIF backward");
   m.def("record", &record, "spiking pass of rate-based BP: spikes, spike counts, eligibility");
+  m.def("bn_forward", &bn_forward, "batch norm fused with the LIF forward");
+  m.def("bn_backward_sums", &bn_backward_sums_op, "fused BN-LIF backward, pass 1");
+  m.def("bn_backward_input", &bn_backward_input_op, "fused BN-LIF backward, pass 2");
 }
