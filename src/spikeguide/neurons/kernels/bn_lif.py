@@ -7,8 +7,9 @@ and a batch norm over C with statistics over ``T x B x ...``, the node computes
 pass, then the running statistics are updated as ``nn.BatchNorm`` does), in eval mode the running
 ones (the batch norm folds into a per-channel scale and shift).
 
-Forward is one kernel (normalise, affine, LIF) that saves nothing but ``x``; backward is two
-kernels: the first recomputes the membrane per block of neurons, runs the LIF backward and sums
+Forward is one kernel (normalise, affine, LIF) that saves ``x`` (and, on Triton, the charged
+membrane); backward is two kernels: the first (on CPU recomputing the membrane per block of
+neurons) runs the LIF backward and sums
 ``dL/dI`` and ``dL/dI * xhat`` per channel; the second turns ``dL/dI`` into ``dL/dx``::
 
     dL/dx = alpha_c * (dL/dI - mean(dL/dI) - xhat * mean(dL/dI * xhat))   (training)
@@ -87,9 +88,10 @@ class FusedBNLIF(torch.autograd.Function):
         beta = (bias.to(x.dtype) - mean * alpha).contiguous()
         rows, strides, inner = channel_rows(x)
         decay_value = float(decay)
-        spikes = impl.forward(rows, alpha, beta, inner, decay_value, threshold, soft)
-        if any(ctx.needs_input_grad[:4]):
-            ctx.save_for_backward(rows, alpha, beta, mean, invstd)
+        save = any(ctx.needs_input_grad[:4])
+        spikes, h = impl.forward(rows, alpha, beta, inner, decay_value, threshold, soft, save)
+        if save:
+            ctx.save_for_backward(rows, h, alpha, beta, mean, invstd)
             ctx.args = (inner, decay_value, threshold, soft, detach, surrogate, impl, bn.training)
             ctx.layout = (x.shape, strides)
             ctx.decay_like = decay if isinstance(decay, torch.Tensor) else None
@@ -98,7 +100,7 @@ class FusedBNLIF(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_spikes):
-        rows, alpha, beta, mean, invstd = ctx.saved_tensors
+        rows, h, alpha, beta, mean, invstd = ctx.saved_tensors
         inner, decay, threshold, soft, detach, surrogate, impl, training = ctx.args
         shape, strides = ctx.layout
         if grad_spikes.stride() != strides:
@@ -106,7 +108,7 @@ class FusedBNLIF(torch.autograd.Function):
                                               device=rows.device).copy_(grad_spikes)
         want_decay = ctx.needs_input_grad[3]
         grad, sums, grad_decay = impl.backward_sums(
-            grad_spikes.as_strided(rows.shape, (rows.shape[1], 1)), rows, alpha, beta, mean,
+            grad_spikes.as_strided(rows.shape, (rows.shape[1], 1)), h, rows, alpha, beta, mean,
             invstd, inner, decay, threshold, soft, detach, surrogate, want_decay)
         sum_g, sum_gx = sums[0], sums[1]
         if training:
@@ -136,12 +138,13 @@ class CppBNLoops:
     def _empty(self, like: torch.Tensor) -> torch.Tensor:
         return self.pool.empty(tuple(like.shape), like.dtype)
 
-    def forward(self, rows, alpha, beta, inner, decay, threshold, soft):
+    def forward(self, rows, alpha, beta, inner, decay, threshold, soft, save_h):
+        """-> (spikes, None): backward recomputes the membrane from ``rows``."""
         spikes = self._empty(rows)
         cpu.extension().bn_forward(rows, spikes, alpha, beta, inner, decay, threshold, soft)
-        return spikes
+        return spikes, None
 
-    def backward_sums(self, grad_spikes, rows, alpha, beta, mean, invstd, inner, decay, threshold,
+    def backward_sums(self, grad_spikes, h, rows, alpha, beta, mean, invstd, inner, decay, threshold,
                       soft, detach, surrogate: Surrogate, want_decay):
         grad = self._empty(rows)
         sums, grad_decay = cpu.extension().bn_backward_sums(
