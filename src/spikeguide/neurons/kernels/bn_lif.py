@@ -64,29 +64,33 @@ def channel_rows(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], int]:
     return rows, strides, inner
 
 
-def batch_statistics(x: torch.Tensor, bn: BNStats) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, 1 / sqrt(var + eps)) per channel: the batch's in training mode (updating the running
-    statistics with the unbiased variance), else the running ones."""
+def batch_statistics(x: torch.Tensor, rows: torch.Tensor, inner: int, bn: BNStats,
+                     impl) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, 1 / sqrt(var + eps)) per channel of ``x`` ``[T, B, C, ...]`` (``rows``: its
+    ``[T, N]`` rows): the batch's in training mode (updating the running statistics with the
+    unbiased variance, as ``nn.BatchNorm`` does), else the running ones."""
     if not bn.training:
         return bn.running_mean.to(x.dtype), 1 / torch.sqrt(bn.running_var.to(x.dtype) + bn.eps)
-    dims = [d for d in range(x.dim()) if d != 2]
-    var, mean = torch.var_mean(x, dim=dims, correction=0)
     count = x.numel() // x.shape[2]
+    sums = impl.channel_sums(rows, inner, x.shape[2]) / count  # float64: E[x], E[x^2]
+    mean64 = sums[0]
+    var64 = (sums[1] - mean64 * mean64).clamp_(min=0)
     with torch.no_grad():
         m = bn.momentum
-        bn.running_mean.mul_(1 - m).add_(mean.to(bn.running_mean.dtype), alpha=m)
-        unbiased = var * (count / max(count - 1, 1))
+        bn.running_mean.mul_(1 - m).add_(mean64.to(bn.running_mean.dtype), alpha=m)
+        unbiased = var64 * (count / max(count - 1, 1))
         bn.running_var.mul_(1 - m).add_(unbiased.to(bn.running_var.dtype), alpha=m)
+    mean, var = mean64.to(x.dtype), var64.to(x.dtype)
     return mean, 1 / torch.sqrt(var + bn.eps)
 
 
 class FusedBNLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, decay, bn, threshold, soft, detach, surrogate, impl):
-        mean, invstd = batch_statistics(x, bn)
+        rows, strides, inner = channel_rows(x)
+        mean, invstd = batch_statistics(x, rows, inner, bn, impl)
         alpha = (weight.to(x.dtype) * invstd).contiguous()
         beta = (bias.to(x.dtype) - mean * alpha).contiguous()
-        rows, strides, inner = channel_rows(x)
         decay_value = float(decay)
         save = any(ctx.needs_input_grad[:4])
         spikes, h = impl.forward(rows, alpha, beta, inner, decay_value, threshold, soft, save)
@@ -137,6 +141,10 @@ class CppBNLoops:
 
     def _empty(self, like: torch.Tensor) -> torch.Tensor:
         return self.pool.empty(tuple(like.shape), like.dtype)
+
+    def channel_sums(self, rows, inner, C):
+        """Per-channel sums ``[2, C]`` (float64) of the rows and of their squares."""
+        return cpu.extension().bn_stats(rows, inner, C)
 
     def forward(self, rows, alpha, beta, inner, decay, threshold, soft, save_h):
         """-> (spikes, None): backward recomputes the membrane from ``rows``."""

@@ -120,6 +120,11 @@ def tile(C: int, inner: int) -> tuple[int, int]:
 class TritonBNLoops:
     """The fused kernels over float32 ``[T, N]`` rows."""
 
+    def channel_sums(self, rows, inner, C):
+        """Per-channel sums ``[2, C]`` (float64) of the rows and of their squares (torch)."""
+        x = rows.reshape(rows.shape[0], -1, C, inner).double()
+        return torch.stack([x.sum((0, 1, 3)), (x * x).sum((0, 1, 3))])
+
     def forward(self, rows, alpha, beta, inner, decay, threshold, soft, save_h):
         T, N = rows.shape
         spikes = torch.empty((T, N), dtype=rows.dtype, device=rows.device)
