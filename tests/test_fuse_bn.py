@@ -189,6 +189,7 @@ def test_a_model_fuses_its_pairs_and_keeps_its_state_dict(monkeypatch):
 @needs_cpp
 def test_a_hook_on_the_neuron_runs_the_pair_apart_and_says_so(monkeypatch, caplog):
     calls = count_fused_calls(monkeypatch)
+    monkeypatch.setattr(fuse_bn, "_logged", set())  # each reason is logged once per process
     seq = conv_bn_lif(LIF(backend="compiled"), "true", False, True)
     seen = []
     seq[2].register_forward_hook(lambda m, i, o: seen.append(o.shape))

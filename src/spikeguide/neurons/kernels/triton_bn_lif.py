@@ -19,6 +19,25 @@ from .triton_lif import BLOCK, _surrogate
 
 
 @triton.jit
+def _fire_and_reset(h, threshold, SOFT: tl.constexpr):
+    """Spikes of the charged membrane ``h`` and the membrane after the reset."""
+    s = tl.where(h >= threshold, 1.0, 0.0)
+    return s, (h - threshold * s) if SOFT else (h * (1.0 - s))
+
+
+@triton.jit
+def _membrane_grad(gs, h, sg, carry, threshold, SOFT: tl.constexpr, DETACH: tl.constexpr):
+    """dL/dh_t from dL/ds_t, the surrogate derivative and ``carry`` = dL/du_t from step t + 1."""
+    if SOFT:
+        if not DETACH:
+            gs = gs - threshold * carry
+        return gs * sg + carry
+    if not DETACH:
+        gs = gs - h * carry
+    return gs * sg + tl.where(h >= threshold, 0.0, carry)
+
+
+@triton.jit
 def _bn_forward(x, spk, mem, alpha, beta, stride_t, N, T, C, inner, decay, threshold,
                 SOFT: tl.constexpr, SAVE_H: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -32,14 +51,10 @@ def _bn_forward(x, spk, mem, alpha, beta, stride_t, N, T, C, inner, decay, thres
         cur = cur + b
         h = decay * u
         h = h + cur
-        s = tl.where(h >= threshold, 1.0, 0.0)
+        s, u = _fire_and_reset(h, threshold, SOFT)
         tl.store(spk + t * N + offs, s, mask=mask)
         if SAVE_H:
             tl.store(mem + t * N + offs, h, mask=mask)
-        if SOFT:
-            u = h - threshold * s
-        else:
-            u = h * (1.0 - s)
 
 
 @triton.jit
@@ -63,15 +78,8 @@ def _bn_backward_sums(grad_s, x, mem, grad_i, mean, invstd, partial, partial_dec
         t = T - 1 - i
         h = tl.load(mem + t * N + n, mask=mask, other=0.0)
         gs = tl.load(grad_s + t * N + n, mask=mask, other=0.0)
-        sg = _surrogate(h - threshold, width, SID)
-        if SOFT:
-            if not DETACH:
-                gs = gs - threshold * carry
-            gh = gs * sg + carry
-        else:
-            if not DETACH:
-                gs = gs - h * carry
-            gh = gs * sg + tl.where(h >= threshold, 0.0, carry)
+        gh = _membrane_grad(gs, h, _surrogate(h - threshold, width, SID), carry, threshold, SOFT,
+                            DETACH)
         tl.store(grad_i + t * N + n, gh, mask=mask)
         carry = decay * gh
         xv = tl.load(x + t * stride_t + n, mask=mask, other=0.0)
@@ -82,12 +90,8 @@ def _bn_backward_sums(grad_s, x, mem, grad_i, mean, invstd, partial, partial_dec
     if WANT_DECAY:  # dL/ddecay = sum over t >= 1 of dL/dh_t * u_{t-1}
         acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
         for t in range(1, T):
-            hp = tl.load(mem + (t - 1) * N + n, mask=mask, other=0.0)
-            sp = tl.where(hp >= threshold, 1.0, 0.0)
-            if SOFT:
-                up = hp - threshold * sp
-            else:
-                up = hp * (1.0 - sp)
+            _, up = _fire_and_reset(tl.load(mem + (t - 1) * N + n, mask=mask, other=0.0),
+                                    threshold, SOFT)
             acc += tl.load(grad_i + t * N + n, mask=mask, other=0.0) * up
         tl.store(partial_decay + pid_p * tl.num_programs(1) + pid_c, tl.sum(tl.sum(acc, axis=1), axis=0))
 
