@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -75,14 +76,17 @@ void forward_kernel(const T* I, int64_t stride_t, T* s, T* h, int64_t steps, int
         const T* it = I + t * stride_t + b;
         T* st = s + t * N + b;
         T* ht = h ? h + t * N + b : nullptr;
-        for (int64_t i = 0; i < n; ++i) {
-          T x = decay * u[i];
-          x = x + it[i];
-          T sp = x >= threshold ? T(1) : T(0);
-          st[i] = sp;
-          if (ht) ht[i] = x;
-          u[i] = soft ? x - threshold * sp : x * (T(1) - sp);
-        }
+        auto step = [&](auto save) {  // save: a compile-time flag, so that the loop vectorizes
+          for (int64_t i = 0; i < n; ++i) {
+            T x = decay * u[i];
+            x = x + it[i];
+            T sp = x >= threshold ? T(1) : T(0);
+            st[i] = sp;
+            if constexpr (decltype(save)::value) ht[i] = x;
+            u[i] = soft ? x - threshold * sp : x * (T(1) - sp);
+          }
+        };
+        if (ht) step(std::true_type{}); else step(std::false_type{});
       }
     }
   });
