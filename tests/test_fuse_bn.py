@@ -199,6 +199,17 @@ def test_a_hook_on_the_neuron_runs_the_pair_apart_and_says_so(monkeypatch, caplo
     assert "runs apart from the neuron" in caplog.text and "hook" in caplog.text
 
 
+@needs_cpp
+def test_auto_fuses_only_on_backends_measured_faster(monkeypatch):
+    calls = count_fused_calls(monkeypatch)
+    seq = conv_bn_lif(LIF(backend="compiled"), "auto", False, True)
+    seq(torch.randn(2, 2, 3, 4, 4))
+    assert calls == []  # measured slower on CPU (docs/speed.md)
+    monkeypatch.setattr(fuse_bn, "AUTO_FUSES", ("compiled",))
+    seq(torch.randn(2, 2, 3, 4, 4))
+    assert calls == ["compiled"]
+
+
 def test_fuse_bn_true_where_the_backend_cannot_is_a_one_line_error():
     seq = conv_bn_lif(LIF(backend="fused"), "true", False, True)
     with pytest.raises(SpikeguideError, match="fuse_bn = true") as err:

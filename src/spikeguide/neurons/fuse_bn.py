@@ -5,9 +5,11 @@ asks :func:`bn_neuron_forward` to run the pair as one fused node (:mod:`.kernels
 modules stay as they are, so state-dict keys, checkpoints and ANN twins are unchanged; only the
 computation is fused. ``fuse_bn`` is an attribute of the neuron:
 
-* ``"auto"`` (default): fuse where the neuron's backend runs the fusion (:data:`BN_BACKENDS`:
-  ``compiled`` on CPU, ``triton`` for CUDA float32), else run the two layers apart;
-* ``"true"``: the same, and a one-line error where the backend cannot;
+* ``"auto"`` (default): fuse on the backends where the fused node was measured faster than the
+  two layers apart in a whole training step (:data:`AUTO_FUSES`); today none: on CPU the
+  ``compiled`` node was slower (docs/speed.md), on CUDA ``triton`` is not yet measured;
+* ``"true"``: fuse where the neuron's backend runs the fusion (:data:`BN_BACKENDS`: ``compiled``
+  on CPU, ``triton`` for CUDA float32), and a one-line error where it cannot;
 * ``"false"``: never fuse.
 
 Either way the pair runs apart, with one logged line per reason, where a method reads the two
@@ -29,6 +31,7 @@ from .base import SpikingNeuron, missing_piece
 from .kernels import BN_BACKENDS, BNStats, LIFSpec, cpu, fused_bn_forward, resolve_backend
 
 FUSE_BN = ("auto", "true", "false")
+AUTO_FUSES: tuple[str, ...] = ()  # backends where "auto" fuses: those measured faster fused
 PLAIN_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 log = logging.getLogger("spikeguide")
 _logged: set[str] = set()
@@ -96,7 +99,8 @@ def bn_neuron_forward(bn: nn.Module, neuron: nn.Module, x: torch.Tensor) -> torc
     if not (isinstance(bn, nn.modules.batchnorm._BatchNorm) and isinstance(neuron, SpikingNeuron)):
         return None
     mode = getattr(neuron, "fuse_bn", "auto")
-    if mode == "false" or x.dim() < 3 or x.shape[2] != bn.num_features:
+    if (mode == "false" or (mode == "auto" and not AUTO_FUSES) or x.dim() < 3
+            or x.shape[2] != bn.num_features):
         return None
     why = _why_apart(bn, neuron)
     if why:
@@ -107,7 +111,9 @@ def bn_neuron_forward(bn: nn.Module, neuron: nn.Module, x: torch.Tensor) -> torc
         if mode == "true":
             raise SpikeguideError(f"neuron.fuse_bn = true, but {why}; set neuron.fuse_bn = auto")
         return None
+    backend = resolve_backend(neuron.backend, x)
+    if mode == "auto" and backend not in AUTO_FUSES:
+        return None
     if bn.training:
         bn.num_batches_tracked.add_(1)
-    spec = neuron.kernel_spec()
-    return fused_bn_forward(x, BNStats.of(bn), *spec, resolve_backend(neuron.backend, x))
+    return fused_bn_forward(x, BNStats.of(bn), *neuron.kernel_spec(), backend)
