@@ -11,6 +11,8 @@ spread (median beside best) rather than as a bias against one contender.
     python benchmarks/speed.py --models resnet20 --width 0.5 --batch 32 --T 1 2 4 \
         --formats contiguous channels_last
     python benchmarks/speed.py --layer 524288 --T 4 --threads 1 --with-compile
+    python benchmarks/speed.py --T 4 --backends compiled --formats channels_last --threads 1 \
+        --fuse-bn auto false
 
 Needs SpikingJelly for the reference column (``pip install --no-deps spikingjelly==2.0.0
 "loguru>=0.7,<1"``: without ``--no-deps`` pip would replace the installed torch); without it only
@@ -69,8 +71,10 @@ def contenders(name, T, args, device, sj_functional):
     for fmt in args.formats:
         xf = x.to(memory_format=FORMATS[fmt])
         for backend in args.backends:
-            net = spikeguide_net(name, T, args.width, backend, device, fmt)
-            steps[f"spikeguide {backend}, {fmt}"] = make_step(net, xf, y)
+            for fuse in args.fuse_bn:
+                net = spikeguide_net(name, T, args.width, backend, device, fmt, fuse)
+                label = f", fuse_bn {fuse}" if len(args.fuse_bn) > 1 else ""
+                steps[f"spikeguide {backend}, {fmt}{label}"] = make_step(net, xf, y)
         if sj_functional is None:
             continue
         label = f"spikingjelly {spikingjelly_implementation(sj_functional, device)}, {fmt}"
@@ -88,6 +92,8 @@ def main(argv=None):
     p.add_argument("--backends", nargs="+", default=["torch", "fused", "compiled"], choices=BACKENDS)
     p.add_argument("--formats", nargs="+", default=["contiguous"], choices=list(FORMATS),
                    help="memory formats to run every contender in")
+    p.add_argument("--fuse-bn", nargs="+", default=["auto"], choices=["auto", "true", "false"],
+                   help="[neuron] fuse_bn settings to run every spikeguide contender with")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -76,7 +76,7 @@ def test_resolved_config_round_trips(tmp_path):
 def test_unset_neuron_fields_take_the_neurons_defaults():
     assert to_dict(parse_config({}))["neuron"] == {
         "kind": "lif", "decay": 0.5, "threshold": 1.0, "reset": "hard", "detach_reset": False,
-        "backend": "auto", "options": {}}
+        "backend": "auto", "fuse_bn": "auto", "options": {}}
     assert parse_config({"neuron": {"kind": "if"}}).neuron.decay == 1.0
 
 

@@ -23,6 +23,7 @@ from .errors import SpikeguideError
 from .methods import METHODS
 from .models import MODELS
 from .neurons import Surrogate, get_surrogate, neuron_factory, neuron_options
+from .neurons.fuse_bn import check_fuse_bn
 from .training.budget import check_budget
 from .training.compile import COMPILE_MODES
 from .training.cudagraph import CUDA_GRAPH
@@ -56,6 +57,7 @@ class NeuronConfig:
     reset: str | None = None  # the neuron's own choices; LIF family: "hard" (default) | "soft"
     detach_reset: bool | None = None  # False
     backend: str | None = None  # auto | torch | fused | compiled | triton (see docs/speed.md)
+    fuse_bn: str | bool = "auto"  # a batch norm before a neuron runs fused with it: auto | true | false
     options: dict = field(default_factory=dict)  # any other argument of the neuron's constructor
 
     def arguments(self) -> dict[str, Any]:
@@ -389,6 +391,7 @@ def validate(cfg: Config) -> None:
     check_budget(cfg)
     MODELS.get(cfg.model.name)
     resolve_neuron(cfg.neuron, get_surrogate(cfg.surrogate.name, cfg.surrogate.width))
+    cfg.neuron.fuse_bn = check_fuse_bn(cfg.neuron.fuse_bn)
     DATASETS.get(cfg.data.name)
     Augment(**dataclasses.asdict(cfg.data.augment))  # checks the augmentation's values
 

@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..neurons.fuse_bn import bn_neuron_forward
+
 
 def fold_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Apply a time-invariant ``fn`` to ``x`` ``[T, B, ...]`` with T folded into the batch."""
@@ -27,11 +29,18 @@ def is_multistep(module: nn.Module) -> bool:
 
 
 class TimeSequential(nn.Sequential):
-    """``nn.Sequential`` over ``[T, B, ...]``: neurons see time, every other layer sees it folded."""
+    """``nn.Sequential`` over ``[T, B, ...]``: neurons see time, every other layer sees it folded.
+    A batch norm followed by a neuron runs fused with it where it can (``neuron.fuse_bn``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for module in self:
-            x = time_apply(module, x)
+        modules = list(self)
+        i = 0
+        while i < len(modules):
+            fused = bn_neuron_forward(modules[i], modules[i + 1], x) if i + 1 < len(modules) else None
+            if fused is not None:
+                x, i = fused, i + 2
+            else:
+                x, i = time_apply(modules[i], x), i + 1
         return x
 
 

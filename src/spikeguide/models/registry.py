@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import SpikeguideError
 from ..neurons import Surrogate, get_surrogate, is_spiking, neuron_factory
+from ..neurons.fuse_bn import set_fuse_bn
 from ..registry import Registry
 from .base import SpikingNet
 
@@ -30,6 +31,7 @@ def create_model(
     surrogate_width: float | None = None,
     repact: bool = False,
     width: float = 1.0,
+    fuse_bn: str | bool = "auto",
     **options: Any,
 ) -> SpikingNet:
     """Build a registered model as an SNN (``spiking=True``) or its ANN twin.
@@ -46,6 +48,8 @@ def create_model(
         repact: replace the SNN's last spiking activation (the one producing the output feature)
             by ReLU (EnOF's RepAct). No effect on an ANN.
         width: multiplies every channel count.
+        fuse_bn: ``"auto"``, ``"true"`` or ``"false"``: whether a batch norm before a neuron runs
+            fused with it (:mod:`spikeguide.neurons.fuse_bn`).
         options: model-specific arguments, e.g. ``stem="cifar"`` for resnet18/34/50 or
             ``input_size=128`` for vggsnn.
     """
@@ -65,6 +69,7 @@ def create_model(
                     width=width, T=T, spiking=spiking, **options)
     if spiking and repact:
         apply_repact(model)
+    set_fuse_bn(model, fuse_bn)
     return model
 
 

@@ -89,6 +89,7 @@ class SpikingNeuron(nn.Module):
     """
 
     multistep = True  # layers.TimeSequential passes [T, B, ...] to modules with this flag
+    fuse_bn = "auto"  # run a batch norm before it fused with it: auto | true | false (.fuse_bn)
 
     def __init__(self, threshold: float = 1.0, surrogate: str | Surrogate = "atan",
                  width: float | None = None, backend: str = "auto"):

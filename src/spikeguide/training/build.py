@@ -103,7 +103,7 @@ def build_model(cfg: Config, num_classes: int, in_channels: int, spiking: bool) 
     return create_model(m.name, num_classes=num_classes, in_channels=in_channels,
                         spiking=spiking, T=m.T, neuron=n.kind, neuron_options=n.arguments(),
                         surrogate=s.name, surrogate_width=s.width, repact=m.repact, width=m.width,
-                        **m.options)
+                        fuse_bn=n.fuse_bn, **m.options)
 
 
 def load_model(path: str, prefer: str = "best", overrides: Sequence[str] = ()

@@ -36,6 +36,7 @@ on the rounded currents, where ``"fused"``'s membrane rounds at every step
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -44,17 +45,28 @@ import torch
 from ...errors import SpikeguideError
 from ..surrogates import Surrogate
 from . import cpu
-from .ops import POOL, fused_lif
+from .bn_lif import BNStats, CppBNLoops, fused_bn_lif
+from .ops import POOL, fused_lif, loops
 from .spec import SUPPORT, KernelSupport, LIFSpec
 
 BACKENDS = ("auto", "torch", "fused", "compiled", "triton")
 AUTO_ORDER = ("compiled", "triton", "fused")
+_CPP_BN_LOOPS = CppBNLoops(POOL)
+BN_BACKENDS = ("compiled", "triton")  # the backends that also run batch norm fused (.bn_lif)
 
 
 def check_backend(name: str) -> str:
     if name not in BACKENDS:
         raise SpikeguideError(f"unknown neuron backend {name!r}; choose one of {', '.join(BACKENDS)}")
     return name
+
+
+@functools.cache
+def _triton_bn_loops():
+    loops("triton")  # the same one-line error where Triton is missing
+    from .triton_bn_lif import TritonBNLoops
+
+    return TritonBNLoops()
 
 
 def _devices(name: str) -> tuple[str, ...] | None:
@@ -106,10 +118,19 @@ def fused_forward(current: torch.Tensor, decay: float | torch.Tensor, threshold:
     return fused_lif(current, decay, threshold, reset, detach_reset, surrogate, backend)
 
 
+def fused_bn_forward(x: torch.Tensor, bn: BNStats, decay: float | torch.Tensor, threshold: float,
+                     reset: str, detach_reset: bool, surrogate: Surrogate,
+                     backend: str) -> torch.Tensor:
+    """Spikes of the LIF over the batch-normalised currents ``x`` ``[T, B, C, ...]`` on a backend
+    of :data:`BN_BACKENDS` (see :mod:`.bn_lif`)."""
+    impl = _CPP_BN_LOOPS if backend == "compiled" else _triton_bn_loops()
+    return fused_bn_lif(x, bn, decay, threshold, reset, detach_reset, surrogate, impl)
+
+
 def empty_cache() -> None:
     """Release the CPU buffers the ``compiled`` backend keeps for reuse (see :mod:`.pool`)."""
     POOL.clear()
 
 
-__all__ = ["BACKENDS", "SUPPORT", "KernelSupport", "LIFSpec", "check_backend", "empty_cache",
-           "fused_forward", "resolve_backend"]
+__all__ = ["BACKENDS", "BN_BACKENDS", "BNStats", "SUPPORT", "KernelSupport", "LIFSpec",
+           "check_backend", "empty_cache", "fused_bn_forward", "fused_forward", "resolve_backend"]

@@ -13,6 +13,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
+#include <vector>
 
 namespace {
 
@@ -74,14 +76,17 @@ void forward_kernel(const T* I, int64_t stride_t, T* s, T* h, int64_t steps, int
         const T* it = I + t * stride_t + b;
         T* st = s + t * N + b;
         T* ht = h ? h + t * N + b : nullptr;
-        for (int64_t i = 0; i < n; ++i) {
-          T x = decay * u[i];
-          x = x + it[i];
-          T sp = x >= threshold ? T(1) : T(0);
-          st[i] = sp;
-          if (ht) ht[i] = x;
-          u[i] = soft ? x - threshold * sp : x * (T(1) - sp);
-        }
+        auto step = [&](auto save) {  // save: a compile-time flag, so that the loop vectorizes
+          for (int64_t i = 0; i < n; ++i) {
+            T x = decay * u[i];
+            x = x + it[i];
+            T sp = x >= threshold ? T(1) : T(0);
+            st[i] = sp;
+            if constexpr (decltype(save)::value) ht[i] = x;
+            u[i] = soft ? x - threshold * sp : x * (T(1) - sp);
+          }
+        };
+        if (ht) step(std::true_type{}); else step(std::false_type{});
       }
     }
   });
@@ -257,10 +262,287 @@ void record(torch::Tensor current, torch::Tensor spikes, torch::Tensor counts,
   });
 }
 
+// Batch norm on the input currents fused with the LIF (spikeguide.neurons.kernels.bn_lif).
+// x: [T, N] rows as for forward; the channel of neuron n is (n / inner) % C (inner = H * W for
+// NCHW rows, 1 for channels_last and [T, B, C] rows). The current is I = x * alpha_c + beta_c,
+// the order of operations of PyTorch's CPU batch norm. Nothing is saved but x: backward
+// recomputes h per block of neurons.
+// The channels of the n neurons from b: ch[i] = ((b + i) / inner) % C, without a division each.
+inline void block_channels(int64_t b, int64_t n, int64_t inner, int64_t C, int32_t* ch) {
+  int64_t rem = b % inner, c = (b / inner) % C;
+  for (int64_t i = 0; i < n; ++i) {
+    ch[i] = int32_t(c);
+    if (++rem == inner) {
+      rem = 0;
+      if (++c == C) c = 0;
+    }
+  }
+}
+
+template <typename T>
+inline void gather(const int32_t* ch, int64_t n, const T* per_channel, T* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = per_channel[ch[i]];
+}
+
+template <typename T>
+void bn_forward_kernel(const T* x, int64_t stride_t, T* s, int64_t steps, int64_t N, int64_t inner,
+                       int64_t C, const T* alpha, const T* beta, T decay, T threshold, bool soft) {
+  at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+    T u[kBlock], a[kBlock], c[kBlock];
+    int32_t ch[kBlock];
+    for (int64_t b = begin; b < end; b += kBlock) {
+      const int64_t n = std::min(kBlock, end - b);
+      block_channels(b, n, inner, C, ch);
+      gather(ch, n, alpha, a);
+      gather(ch, n, beta, c);
+      std::fill(u, u + n, T(0));
+      for (int64_t t = 0; t < steps; ++t) {
+        const T* xt = x + t * stride_t + b;
+        T* st = s + t * N + b;
+        for (int64_t i = 0; i < n; ++i) {
+          T cur = xt[i] * a[i];
+          cur = cur + c[i];
+          T h = decay * u[i];
+          h = h + cur;
+          T sp = h >= threshold ? T(1) : T(0);
+          st[i] = sp;
+          u[i] = soft ? h - threshold * sp : h * (T(1) - sp);
+        }
+      }
+    }
+  });
+}
+
+// The statistics pass: per chunk of kGrain neurons (a fixed split, so that sums do not depend on
+// threads), the per-channel sums of x and x^2 in float64 into sums[chunk][0 or 1][C].
+template <typename T>
+void bn_stats_kernel(const T* x, int64_t stride_t, int64_t steps, int64_t N, int64_t inner,
+                     int64_t C, double* sums) {
+  const int64_t chunks = (N + kGrain - 1) / kGrain;
+  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+    double s1[kBlock], s2[kBlock];
+    int32_t ch[kBlock];
+    for (int64_t chunk = first; chunk < last; ++chunk) {
+      double* ch_sums = sums + chunk * 2 * C;
+      for (int64_t b = chunk * kGrain; b < std::min(N, (chunk + 1) * kGrain); b += kBlock) {
+        const int64_t n = std::min(kBlock, N - b);
+        block_channels(b, n, inner, C, ch);
+        std::fill(s1, s1 + n, 0.0);
+        std::fill(s2, s2 + n, 0.0);
+        for (int64_t t = 0; t < steps; ++t) {
+          const T* __restrict xt = x + t * stride_t + b;
+          for (int64_t i = 0; i < n; ++i) {
+            const double v = xt[i];
+            s1[i] += v;
+            s2[i] += v * v;
+          }
+        }
+        for (int64_t i = 0; i < n; ++i) {
+          ch_sums[ch[i]] += s1[i];
+          ch_sums[C + ch[i]] += s2[i];
+        }
+      }
+    }
+  });
+}
+
+// Pass 1: per chunk of kGrain neurons (a fixed split, so that sums do not depend on threads),
+// recompute h, run the LIF backward into g = dL/dI, and sum per channel g and g * xhat
+// (xhat = (x - mean_c) * invstd_c) into sums[chunk][0 or 1][C], and dL/ddecay into
+// decay_sums[chunk].
+// One step of the LIF backward over n neurons (as in backward_kernel), carry = dL/du from t + 1.
+// Kept out of line: inlined into bn_backward_sums, GCC does not vectorize it.
+template <typename T, bool soft>
+__attribute__((noinline)) void lif_backward_step(const T* __restrict ht, const T* __restrict gt,
+                                                 const T* __restrict sg, T* __restrict git,
+                                                 T* __restrict carry, int64_t n, T keep,
+                                                 T threshold, T decay) {
+  for (int64_t i = 0; i < n; ++i) {
+    T gh;
+    if constexpr (soft) {
+      gh = (gt[i] - keep * threshold * carry[i]) * sg[i] + carry[i];
+    } else {
+      T sp = ht[i] >= threshold ? T(1) : T(0);
+      gh = (gt[i] - keep * ht[i] * carry[i]) * sg[i] + carry[i] * (T(1) - sp);
+    }
+    git[i] = gh;
+    carry[i] = decay * gh;
+  }
+}
+
+template <typename T, bool soft>
+void bn_backward_sums(const T* gs, const T* x, int64_t stride_t, T* g, int64_t steps, int64_t N,
+                      int64_t inner, int64_t C, const T* alpha, const T* beta, const T* mean,
+                      const T* invstd, T decay, T threshold, bool detach, int sid, T width,
+                      bool want_decay, double* sums, double* decay_sums) {
+  const T keep = detach ? T(0) : T(1);
+  const int64_t chunks = (N + kGrain - 1) / kGrain;
+  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+    std::vector<T> hs(steps * kBlock);
+    T a[kBlock], c[kBlock], m[kBlock], r[kBlock], carry[kBlock], sg[kBlock], sum_g[kBlock],
+        sum_gx[kBlock];
+    int32_t ch[kBlock];
+    for (int64_t chunk = first; chunk < last; ++chunk) {
+      double* ch_sums = sums + chunk * 2 * C;
+      double acc_decay = 0;
+      for (int64_t b = chunk * kGrain; b < std::min(N, (chunk + 1) * kGrain); b += kBlock) {
+        const int64_t n = std::min(kBlock, N - b);
+        block_channels(b, n, inner, C, ch);
+        gather(ch, n, alpha, a);
+        gather(ch, n, beta, c);
+        gather(ch, n, mean, m);
+        gather(ch, n, invstd, r);
+        std::fill(carry, carry + n, T(0));
+        for (int64_t t = 0; t < steps; ++t) {  // the forward, keeping h in hs
+          const T* __restrict xt = x + t * stride_t + b;
+          T* __restrict ht = hs.data() + t * kBlock;
+          for (int64_t i = 0; i < n; ++i) {
+            T cur = xt[i] * a[i];
+            cur = cur + c[i];
+            T h = decay * carry[i];
+            h = h + cur;
+            ht[i] = h;
+            carry[i] = reset_value(h, threshold, soft);
+          }
+        }
+        std::fill(carry, carry + n, T(0));
+        std::fill(sum_g, sum_g + n, T(0));
+        std::fill(sum_gx, sum_gx + n, T(0));
+        for (int64_t t = steps - 1; t >= 0; --t) {
+          const T* __restrict ht = hs.data() + t * kBlock;
+          const T* __restrict gt = gs + t * N + b;
+          const T* __restrict xt = x + t * stride_t + b;
+          T* __restrict git = g + t * N + b;
+          surrogate(sid, width, ht, threshold, static_cast<const T*>(nullptr), sg, n);
+          lif_backward_step<T, soft>(ht, gt, sg, git, carry, n, keep, threshold, decay);
+          for (int64_t i = 0; i < n; ++i) {
+            sum_g[i] += git[i];
+            sum_gx[i] += git[i] * ((xt[i] - m[i]) * r[i]);
+          }
+          if (want_decay && t > 0) {
+            const T* hp = hs.data() + (t - 1) * kBlock;
+            for (int64_t i = 0; i < n; ++i)
+              acc_decay += double(git[i]) * double(reset_value(hp[i], threshold, soft));
+          }
+        }
+        for (int64_t i = 0; i < n; ++i) {
+          ch_sums[ch[i]] += sum_g[i];
+          ch_sums[C + ch[i]] += sum_gx[i];
+        }
+      }
+      decay_sums[chunk] = acc_decay;
+    }
+  });
+}
+
+// Pass 2, in place: g = alpha_c * (g - k1_c - xhat * k2_c).
+template <typename T>
+void bn_backward_input(const T* x, int64_t stride_t, T* g, int64_t steps, int64_t N, int64_t inner,
+                       int64_t C, const T* alpha, const T* mean, const T* invstd, const T* k1,
+                       const T* k2) {
+  at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+    T a[kBlock], m[kBlock], r[kBlock], c1[kBlock], c2[kBlock];
+    int32_t ch[kBlock];
+    for (int64_t b = begin; b < end; b += kBlock) {
+      const int64_t n = std::min(kBlock, end - b);
+      block_channels(b, n, inner, C, ch);
+      gather(ch, n, alpha, a);
+      gather(ch, n, mean, m);
+      gather(ch, n, invstd, r);
+      gather(ch, n, k1, c1);
+      gather(ch, n, k2, c2);
+      for (int64_t t = 0; t < steps; ++t) {
+        const T* xt = x + t * stride_t + b;
+        T* gt = g + t * N + b;
+        for (int64_t i = 0; i < n; ++i)
+          gt[i] = a[i] * (gt[i] - c1[i] - ((xt[i] - m[i]) * r[i]) * c2[i]);
+      }
+    }
+  });
+}
+
+void check_rows(const torch::Tensor& x, const char* what) {
+  const int64_t steps = x.size(0), N = x.size(1);
+  TORCH_CHECK(x.stride(1) == 1 && (steps == 1 || x.stride(0) == N || x.stride(0) == 0), what,
+              " needs rows of N contiguous elements");
+}
+
+// Per-channel sums [2, C] of x and x^2, in float64.
+torch::Tensor bn_stats(torch::Tensor x, int64_t inner, int64_t C) {
+  check_rows(x, "lif_cpu.bn_stats");
+  const int64_t N = x.size(1), chunks = (N + kGrain - 1) / kGrain;
+  auto sums = torch::zeros({chunks, 2, C}, torch::TensorOptions().dtype(torch::kFloat64));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lif_cpu_bn_stats", [&] {
+    bn_stats_kernel<scalar_t>(x.data_ptr<scalar_t>(), x.stride(0), x.size(0), N, inner, C,
+                              sums.data_ptr<double>());
+  });
+  return sums.sum(0);
+}
+
+// spikes: contiguous [T, N]; alpha, beta: [C] of x's dtype.
+void bn_forward(torch::Tensor x, torch::Tensor spikes, torch::Tensor alpha, torch::Tensor beta,
+                int64_t inner, double decay, double threshold, bool soft) {
+  check_rows(x, "lif_cpu.bn_forward");
+  TORCH_CHECK(spikes.is_contiguous() && spikes.scalar_type() == x.scalar_type() &&
+              alpha.is_contiguous() && beta.is_contiguous() && alpha.numel() == beta.numel());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lif_cpu_bn_forward", [&] {
+    bn_forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), x.stride(0), spikes.data_ptr<scalar_t>(),
+                                x.size(0), x.size(1), inner, alpha.numel(),
+                                alpha.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(),
+                                scalar_t(decay), scalar_t(threshold), soft);
+  });
+}
+
+// Writes dL/dI into grad [T, N]; returns (per-channel sums [2, C] of dL/dI and dL/dI * xhat, in
+// float64; dL/ddecay as a float64 scalar tensor).
+std::vector<torch::Tensor> bn_backward_sums_op(
+    torch::Tensor grad_s, torch::Tensor x, torch::Tensor grad, torch::Tensor alpha,
+    torch::Tensor beta, torch::Tensor mean, torch::Tensor invstd, int64_t inner, double decay,
+    double threshold, bool soft, bool detach, int64_t sid, double width, bool want_decay) {
+  check_rows(x, "lif_cpu.bn_backward_sums");
+  grad_s = grad_s.contiguous();
+  TORCH_CHECK(grad.is_contiguous() && grad.scalar_type() == x.scalar_type() &&
+              grad_s.scalar_type() == x.scalar_type());
+  TORCH_CHECK(sid >= 0 && sid <= 4, "lif_cpu.bn_backward_sums evaluates the built-in surrogates only");
+  const int64_t N = x.size(1), C = alpha.numel(), chunks = (N + kGrain - 1) / kGrain;
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  auto sums = torch::zeros({chunks, 2, C}, f64);
+  auto decay_sums = torch::zeros({chunks}, f64);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lif_cpu_bn_backward_sums", [&] {
+    auto run = [&](auto kernel) {
+      kernel(grad_s.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.stride(0),
+             grad.data_ptr<scalar_t>(), x.size(0), N, inner, C, alpha.data_ptr<scalar_t>(),
+             beta.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(),
+             scalar_t(decay), scalar_t(threshold), detach, int(sid), scalar_t(width), want_decay,
+             sums.data_ptr<double>(), decay_sums.data_ptr<double>());
+    };
+    if (soft) run(bn_backward_sums<scalar_t, true>); else run(bn_backward_sums<scalar_t, false>);
+  });
+  return {sums.sum(0), decay_sums.sum()};
+}
+
+void bn_backward_input_op(torch::Tensor x, torch::Tensor grad, torch::Tensor alpha,
+                          torch::Tensor mean, torch::Tensor invstd, torch::Tensor k1,
+                          torch::Tensor k2, int64_t inner) {
+  check_rows(x, "lif_cpu.bn_backward_input");
+  TORCH_CHECK(grad.is_contiguous() && grad.scalar_type() == x.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lif_cpu_bn_backward_input", [&] {
+    bn_backward_input<scalar_t>(x.data_ptr<scalar_t>(), x.stride(0), grad.data_ptr<scalar_t>(),
+                                x.size(0), x.size(1), inner, alpha.numel(),
+                                alpha.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(),
+                                invstd.data_ptr<scalar_t>(), k1.data_ptr<scalar_t>(),
+                                k2.data_ptr<scalar_t>());
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "fused multi-step LIF forward");
   m.def("backward", &backward, "fused multi-step LIF backward");
   m.def("record", &record, "spiking pass of rate-based BP: spikes, spike counts, eligibility");
+  m.def("bn_stats", &bn_stats, "fused BN-LIF: per-channel sums of x and x^2");
+  m.def("bn_forward", &bn_forward, "batch norm fused with the LIF forward");
+  m.def("bn_backward_sums", &bn_backward_sums_op, "fused BN-LIF backward, pass 1");
+  m.def("bn_backward_input", &bn_backward_input_op, "fused BN-LIF backward, pass 2");
 }
