@@ -11,7 +11,7 @@ from spikeguide.errors import SpikeguideError
 from spikeguide.export.nir import to_nir
 from spikeguide.methods import METHODS
 from spikeguide.models import create_model
-from spikeguide.models.attention import SpikeMatmul, SpikingSelfAttention
+from spikeguide.models.attention import SpikeMask, SpikeMatmul, SpikingSelfAttention
 from spikeguide.models.layers import TimeSequential
 from spikeguide.neurons import LIF
 
@@ -182,6 +182,30 @@ def test_attention_products_count_as_synaptic_operations_by_hand():
         ("spikes", 6, 0, 12)
     # A @ S: each of S's 4 spikes adds a column of A's 2 rows: 8 accumulates; the ANN 12 MACs.
     assert (rows["av"].acs, rows["av"].macs, rows["av"].ann_macs) == (8, 0, 12)
+
+
+class _Masks(nn.Module):
+    """Rows of spikes S masked by each other (the AND: spikes) and S masked by a real tensor
+    (real), each into a layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.lif = LIF(threshold=1.0)
+        self.and_mask, self.real_mask = SpikeMask(), SpikeMask()
+        self.fc_and, self.fc_real = nn.Linear(3, 1, bias=False), nn.Linear(3, 1, bias=False)
+
+    def forward(self, x):
+        s = self.lif(x)
+        return self.fc_and(self.and_mask(s[:, :, :1], s[:, :, 1:])).sum(2, keepdim=True) + self.fc_real(self.real_mask(s, x * 0.5))
+
+
+def test_a_mask_is_spikes_only_when_both_sides_are():
+    x = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]).view(1, 1, 2, 3)
+    rows = {r.name: r for r in activity_report(_Masks(), [x]).layers}
+    # row 0 AND row 1 of S = [0, 0, 1]: one spike into one output
+    assert (rows["fc_and"].input, rows["fc_and"].acs) == ("spikes", 1)
+    assert (rows["fc_real"].input, rows["fc_real"].macs) == ("real", 6)
+    assert set(rows) == {"fc_and", "fc_real"}  # a mask itself costs nothing
 
 
 def test_energy_report_counts_every_attention_product_of_a_spikformer():
