@@ -41,7 +41,7 @@ def test_twins_have_identical_keys_and_ann_weights_load_into_the_snn(name):
     ("qkformer", [(96, 32, 32), (192, 16, 16), (384, 8, 8)]),
 ])
 def test_paper_cifar_configuration_is_the_default(name, stages):
-    model = create_model(name, num_classes=10, spiking=False)
+    model = create_model(name, num_classes=10, spiking=True, T=2)
     assert model.stage_channels == [c for c, _, _ in stages]
     with torch.no_grad():
         out = model.forward_features(torch.rand(1, 3, 32, 32), return_stages=True)
