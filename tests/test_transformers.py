@@ -167,14 +167,14 @@ class _TwoProducts(nn.Module):
         self.qk = SpikeMatmul()
         self.av = SpikeMatmul()
 
-    def forward(self, x):
-        s = self.lif(x)
+    def forward(self, x):  # x [B, N, d], one time step
+        s = self.lif(x.unsqueeze(0))
         return self.av(self.qk(s, s.transpose(-2, -1)), s)
 
 
 def test_attention_products_count_as_synaptic_operations_by_hand():
-    x = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]).view(1, 1, 2, 3)  # T = B = 1
-    report = activity_report(_TwoProducts(), [x])
+    x = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]).expand(2, 2, 3)  # 2 images
+    report = activity_report(_TwoProducts(), [x])  # counts per image
     rows = {r.name: r for r in report.layers}
     # S = x (a current of 1 reaches the threshold). S S^T = [[2, 1], [1, 2]]: 6 pairs of spikes
     # meet; the ANN does 2 * 3 * 2 = 12 MACs.

@@ -225,7 +225,7 @@ class _Recorder:
             else:
                 tally.spikes = False
                 tally.macs += count
-            tally.ann_macs = _product_count(module, [torch.ones_like(x[:1]) for x in inputs])
+            tally.ann_macs = _product_count(module, [torch.ones_like(x[:1, :1]) for x in inputs])
         return hook
 
     def close(self):
