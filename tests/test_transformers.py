@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import tiny_config, write_recipe
 from spikeguide.analysis.activity import activity_report
+from spikeguide.cli import main
 from spikeguide.errors import SpikeguideError
 from spikeguide.export.nir import to_nir
 from spikeguide.methods import METHODS
@@ -233,3 +235,13 @@ def test_tokens_stay_time_folded():
     model.stages[0].attn.q.conv.register_forward_hook(lambda m, i, o: shapes.append(i[0].shape[0]))
     model(torch.rand(2, 3, 32, 32))
     assert shapes == [6] and isinstance(model.stages[0].mlp, TimeSequential)
+
+
+def test_ratebp_training_of_a_transformer_is_a_one_line_cli_error(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, model={"name": "spikformer", "width": 0.125},
+                      method={"name": "ratebp"})
+    code = main(["train", str(write_recipe(tmp_path / "r.toml", cfg))])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("spikeguide: error: rate-based backpropagation does not support "
+                          "SpikingSelfAttention")
