@@ -9,6 +9,12 @@ Counting rules (per image, summed over all time steps that actually ran):
 * A layer fed by real values (the image into the first layer, RepAct's ReLU output) does one
   multiply-accumulate (MAC) per weight application, dense. A static image is encoded once, so the
   first layer's MACs are counted once, not T times.
+* Attention's products (:mod:`spikeguide.models.attention`): ``a @ b`` costs one accumulate per
+  pair of nonzero ``a[n, k]`` and ``b[k, m]`` when either side is spikes (one operand selects what
+  the other adds), else dense MACs; a sum over an axis one accumulate per nonzero entry; a mask
+  ``a * b`` nothing (a select), and its output is spikes when both sides are. The ANN twin's
+  products are dense MACs (a sum: one per entry). The sum of two spike tensors on a residual
+  stream is not binary: layers fed by it are counted as fed by real values.
 * The ANN twin runs every layer once per image, dense: its MACs are those of one step's input.
 * Energy uses the 45 nm CMOS figures of Horowitz (ISSCC 2014) common in the SNN literature:
   ``E_AC`` = 0.9 pJ and ``E_MAC`` = 4.6 pJ (32-bit float). Positions that fall on zero padding are
@@ -27,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import SpikeguideError
+from ..models.attention import SpikeMask, SpikeMatmul, SpikeSum
 from ..models.base import in_mode
 from ..neurons import is_spiking
 from ..training.scoring import count_spikes
@@ -135,6 +142,14 @@ def _window_counts(layer: nn.Module, mask: torch.Tensor) -> torch.Tensor:
     return reached.sum() * (layer.out_channels // g)
 
 
+def _product_count(module: nn.Module, masks: list[torch.Tensor]) -> float:
+    """Operations of a product module whose operands' nonzero entries are ``masks`` (0/1),
+    per the module docstring: pairs of nonzero entries that meet in ``a @ b``, entries summed."""
+    if isinstance(module, SpikeMatmul):
+        return (masks[0] @ masks[1]).sum().item()
+    return masks[0].sum().item()
+
+
 @dataclass
 class _Tally:
     kind: str
@@ -159,6 +174,10 @@ class _Recorder:
                 self.handles.append(m.register_forward_hook(self._synapse(name)))
             elif isinstance(m, SPIKE_PRESERVING):
                 self.handles.append(m.register_forward_hook(self._passthrough))
+            elif isinstance(m, (SpikeMatmul, SpikeSum)):
+                self.handles.append(m.register_forward_hook(self._product(name)))
+            elif isinstance(m, SpikeMask):
+                self.handles.append(m.register_forward_hook(self._mask))
 
     def end_batch(self) -> None:
         self.spiking_storages.clear()
@@ -188,6 +207,25 @@ class _Recorder:
                 tally.spikes = False
                 tally.macs += _window_counts(module, torch.ones_like(x)).item()
             tally.ann_macs = _window_counts(module, torch.ones_like(x[:1])).item()
+        return hook
+
+    def _mask(self, module, inputs, out):
+        if all(self._is_spikes(x) for x in inputs):
+            self._mark(out)
+
+    def _product(self, name):
+        def hook(module, inputs, out):
+            spikes = [self._is_spikes(x) for x in inputs]
+            masks = [(x != 0).to(x.dtype) if s else torch.ones_like(x)
+                     for x, s in zip(inputs, spikes)]
+            tally = self.ops.setdefault(name, _Tally(type(module).__name__))
+            count = _product_count(module, masks)
+            if any(spikes):
+                tally.acs += count
+            else:
+                tally.spikes = False
+                tally.macs += count
+            tally.ann_macs = _product_count(module, [torch.ones_like(x[:1, :1]) for x in inputs])
         return hook
 
     def close(self):

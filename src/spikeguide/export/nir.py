@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import SpikeguideError
 from ..models import SpikingNet
+from ..models.attention import SpikeAttention
 from ..models.base import in_mode
 from ..models.layers import TimeSequential
 from ..neurons import SpikingNeuron, is_spiking, missing_piece
@@ -176,6 +177,10 @@ def to_nir(model: SpikingNet, input_shape: tuple[int, ...] = (3, 32, 32), dt: fl
     """
     if not isinstance(model, SpikingNet) or not model.spiking:
         raise SpikeguideError("NIR export needs a spiking spikeguide model (create_model(..., spiking=True))")
+    for name, m in model.named_modules():
+        if isinstance(m, SpikeAttention):
+            raise SpikeguideError(f"{name}: NIR has no primitive for {type(m).__name__}'s product of "
+                                  "two spike tensors; spiking transformers cannot be exported to NIR")
     try:
         import nir
     except ImportError:

@@ -1,6 +1,6 @@
 """The model zoo: ``create_model(name, ...)`` builds an SNN or its ANN twin."""
 
-from . import imagenet_resnets, resnet, vgg  # noqa: F401  (registers the models)
+from . import imagenet_resnets, resnet, transformers, vgg  # noqa: F401  (registers the models)
 from .base import ModelOutput, SpikingNet
 from .registry import (
                        MODELS,

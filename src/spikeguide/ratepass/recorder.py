@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import SpikeguideError
+from ..models.attention import SpikeAttention
 from ..neurons import RATE_PIECES, LIFSpec, SpikingNeuron, is_spiking, missing_piece
 from .autograd import rate_unit, recorded_batch_norm
 from .eligibility import record_dynamics, record_neuron
@@ -216,6 +217,12 @@ def rule_for(m: nn.Module, conv_steps: int = 0) -> tuple[Callable, Callable] | N
         raise SpikeguideError(
             f"rate-based backpropagation records the batch statistics of plain batch norm only, "
             f"not of {type(m).__name__}: train it without train.sync_batchnorm"
+        )
+    if isinstance(m, SpikeAttention):
+        raise SpikeguideError(
+            f"rate-based backpropagation does not support {type(m).__name__}: it multiplies two "
+            "spike tensors, and the time average of a product is not the product of the rates "
+            "(docs/ratebp.md); train spiking transformers with bptt, kd or enof"
         )
     if isinstance(m, (LINEAR, BatchNorm)) or list(m.children()):
         return None
