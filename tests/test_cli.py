@@ -113,3 +113,53 @@ def test_another_T_is_refused_for_event_frames_which_bring_their_own():
     check_frames(parse_config({"model": {"T": 5}}), frames)
     with pytest.raises(SpikeguideError, match="model.T is 8 but the event data has 5 frames"):
         check_frames(parse_config({"model": {"T": 8}}), frames)
+
+
+def test_resume_refuses_a_changed_config_and_names_the_keys(finished_run, capsys):
+    recipe, run_dir = finished_run
+    before = (run_dir / "config.toml").read_text()
+    code, _, err = run(capsys, "train", str(recipe), "--resume", "--set", "optim.lr=0.5",
+                       "--set", "model.T=6")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "differs in model.T, optim.lr" in err and "--allow-changes model.T optim.lr" in err
+    assert (run_dir / "config.toml").read_text() == before  # never says what the run did not do
+    # an allowed change is not an allowance for another one
+    code, _, err = run(capsys, "train", str(recipe), "--resume", "--set", "model.T=6",
+                       "--set", "train.epochs=2", "--allow-changes", "train.epochs")
+    assert code == 2 and "differs in model.T;" in err
+
+
+def test_allow_changes_extends_a_finished_run(finished_run, capsys):
+    from spikeguide.training.runlog import read_metrics
+
+    recipe, run_dir = finished_run
+    code, out, err = run(capsys, "train", str(recipe), "--resume", "--set", "train.epochs=2",
+                         "--allow-changes", "train.epochs")
+    assert code == 0, err
+    assert [r.epoch for r in read_metrics(run_dir)] == [1, 2]
+    assert "epochs = 2" in (run_dir / "config.toml").read_text()
+    code, _, err = run(capsys, "train", str(recipe), "--allow-changes", "train.epochs")
+    assert code == 2 and "--allow-changes applies to --resume only" in err
+
+
+def test_broken_pipe_is_not_a_traceback(finished_run):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import SRC
+
+    _, run_dir = finished_run
+    # the reader closes the pipe before eval writes its table
+    proc = subprocess.run(f"{sys.executable} -m spikeguide eval {run_dir} | true", shell=True,
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"})
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_version(capsys):
+    from spikeguide import __version__
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"spikeguide {__version__}"

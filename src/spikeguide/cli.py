@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from typing import Any, Sequence
 
+from . import __version__
 from .errors import SpikeguideError, TrainingStopped
 
 
@@ -61,12 +63,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.run import train
     from .training.trainer import firing_text
 
-    if args.nproc > 1:
-        from .training.distributed import launch
-
-        return launch(args.nproc, strip_option(sys.argv[1:], "--nproc"))
+    if args.allow_changes and not args.resume:
+        raise SpikeguideError("--allow-changes applies to --resume only")
     cfg = load_config(args.recipe, args.set + (["data.options.download=true"] if args.download else []))
-    summary = train(cfg, resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps)
+    if args.nproc != 1:
+        from .training.distributed import check_world_size, launch
+
+        check_world_size(cfg.data.batch_size, args.nproc)  # before torchrun starts: one line, not N tracebacks
+        return launch(args.nproc, strip_option(args.argv, "--nproc"))
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps,
+                    allow_changes=args.allow_changes)
     if not summary.is_main:
         return 0
     if summary.stopped is not None:
@@ -169,6 +175,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spikeguide", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_set(p: argparse.ArgumentParser) -> None:
@@ -184,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     add_set(p)
     p.add_argument("--resume", action="store_true", help="continue the run from its latest.pt")
+    p.add_argument("--allow-changes", nargs="+", default=[], metavar="KEY",
+                   help="with --resume: config keys that may differ from the run's own, e.g. "
+                        "train.epochs to extend a run (any other change is refused)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run")
     p.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after N steps")
     p.add_argument("--download", action="store_true",
@@ -251,19 +261,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    args.argv = argv
+    # under torchrun the first process alone logs, so that each line appears once
+    verbose = args.verbose and os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(message)s", stream=sys.stderr)
     try:
-        return args.fn(args)
+        code = args.fn(args)
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at exit
+        return code
     except TrainingStopped as e:
         print(f"spikeguide: {e}", file=sys.stderr)
         return 128 + e.signum
     except SpikeguideError as e:
-        print(f"spikeguide: error: {e}", file=sys.stderr)
+        from .training.workers import report_worker_error
+
+        if not report_worker_error(str(e)):
+            print(f"spikeguide: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
+    except BrokenPipeError:  # the reader went away (spikeguide eval RUN | head -3)
+        # Python would report the broken pipe again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ the gradients. Only rank 0 writes files. ``spikeguide train --nproc N`` launches
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Sequence
@@ -18,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import SpikeguideError
+from .workers import run_workers
 
 
 @dataclass(frozen=True)
@@ -146,10 +146,18 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     return module
 
 
-def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Re-run this command under torchrun with ``nproc`` processes on this machine."""
+def check_world_size(batch_size: int, nproc: int) -> None:
+    """What ``nproc`` processes need of ``data.batch_size``; the launcher checks it before they
+    start."""
     if nproc < 1:
         raise SpikeguideError(f"--nproc must be >= 1, got {nproc}")
+    if batch_size % nproc:
+        raise SpikeguideError(f"data.batch_size {batch_size} must be divisible by "
+                              f"the {nproc} processes")
+
+
+def launch(nproc: int, argv: Sequence[str]) -> int:
+    """Re-run this command under torchrun with ``nproc`` processes on this machine."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", "-m", "spikeguide", *argv]
-    return subprocess.call(cmd)
+    return run_workers(cmd)

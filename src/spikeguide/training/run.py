@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import replace
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from ..config import Config, parse_config, read_toml, to_dict
+from ..config import Config, read_toml
 from ..data import Dataset
 from ..errors import SpikeguideError, TrainingStopped
 from ..methods import METHODS, Method
@@ -22,6 +22,7 @@ from ..models import checked_weights, load_twin_weights
 from ..neurons.kernels import empty_cache
 from .build import build_datasets, build_model
 from .checkpoint import load_checkpoint
+from .configdiff import check_resume_config, config_differences
 from .distributed import (
     DistInfo,
     barrier,
@@ -65,8 +66,9 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, dist: DistInfo) 
     if has_ckpt and not resume:
         if not overwrite:
             raise SpikeguideError(
-                f"run directory {str(run_dir)!r} already holds a run: pass --resume to continue "
-                "it, --overwrite to start over, or --set name=OTHER"
+                f"run directory {str(run_dir)!r} already holds a run: pass --resume "
+                "(Python: resume=True) to continue it, --overwrite (overwrite=True) to start over, "
+                "or --set name=OTHER"
             )
         if dist.is_main:
             shutil.rmtree(run_dir)
@@ -75,7 +77,7 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, dist: DistInfo) 
 
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
           max_steps: int | None = None, teacher_record: dict[str, Any] | None = None,
-          threads_share: int | None = None) -> TrainSummary:
+          threads_share: int | None = None, allow_changes: Sequence[str] = ()) -> TrainSummary:
     """Train the run ``cfg`` describes. Sets torch's thread count for this process
     (``training/threads.py``).
 
@@ -84,6 +86,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     threads a caller that divides the CPUs between processes gives this one (``ablate --jobs``);
     ``train.threads``, ``OMP_NUM_THREADS`` and a resumed run's own count come first.
 
+    ``resume`` refuses a config that differs from the run's own in keys not in
+    ``allow_changes`` (``["train.epochs"]`` extends a run).
+
     Under torchrun every process calls this; each checks the run directory, rank 0 alone
     removes an overwritten one.
     """
@@ -91,10 +96,14 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     dist = init_distributed(device)
     device = local_device(device, dist)
     prepare_run_dir(cfg, resume, overwrite, dist)
+    stored = load_checkpoint(cfg.run_dir / "latest.pt", mmap=True) if resume else {}
+    if resume:
+        changed = check_resume_config(stored["config"], cfg, allow_changes)
+        if changed:
+            log.warning("resuming %s with changed %s", cfg.run_dir, ", ".join(changed))
     ensure_teacher(cfg)
     # after the teacher's run, which chose its own; a resumed run keeps the count it trained with
-    trained_with = (load_checkpoint(cfg.run_dir / "latest.pt", mmap=True).get("threads")
-                    if resume else None)
+    trained_with = stored.get("threads")
     set_threads(cfg.train.threads, trained_with, threads_share)
     if not dist.is_main:  # rank 0 decodes and caches the data first, the others then read it
         barrier(dist)
@@ -124,30 +133,19 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
 # --------------------------------------------------------------------------------------------
 
 
-def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def check_same_config(cfg: Config) -> None:
     """A run directory that already holds a run must hold a run of ``cfg``: reusing or resuming
     a run of another config would mix results silently."""
     path = cfg.run_dir / "config.toml"
     if not path.is_file():
         return
-    # both resolved, so a field added to the config since that run compares by its default
-    stored, wanted = (flatten(to_dict(c)) for c in (parse_config(read_toml(path)), cfg))
-    differ = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
+    differ = config_differences(read_toml(path), cfg)
     if differ:
         raise SpikeguideError(
             f"{str(cfg.run_dir)!r} holds a run of another config (it differs in "
-            f"{', '.join(differ[:5])}); delete that folder to train it again, or choose another "
-            "output folder"
+            f"{', '.join(differ[:5])}{', ...' if len(differ) > 5 else ''}): train this one "
+            "elsewhere with --set name=OTHER (a teacher: teacher.checkpoint=DIR), or delete that "
+            "folder if its run is no longer wanted"
         )
 
 

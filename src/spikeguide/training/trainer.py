@@ -32,7 +32,13 @@ from ..data.loader import mix_seed
 from ..errors import SpikeguideError
 from ..methods import Method
 from .checkpoint import FORMAT, save_checkpoint
-from .distributed import AMP_DTYPES, DistInfo, all_reduce_sum, convert_sync_batchnorm
+from .distributed import (
+    AMP_DTYPES,
+    DistInfo,
+    all_reduce_sum,
+    check_world_size,
+    convert_sync_batchnorm,
+)
 from .optim import build_optimizer, lr_factor
 from .runlog import EpochRecord, RunLog, read_metrics
 from .scoring import Scores, score_model
@@ -73,9 +79,7 @@ class Trainer:
         self.cfg = cfg
         self.device = device
         self.dist = dist
-        if cfg.data.batch_size % dist.world_size:
-            raise SpikeguideError(f"data.batch_size {cfg.data.batch_size} must be divisible by "
-                                  f"the {dist.world_size} processes")
+        check_world_size(cfg.data.batch_size, dist.world_size)
         if cfg.train.amp == "fp16" and device.type != "cuda":
             raise SpikeguideError("train.amp = 'fp16' needs CUDA; use 'bf16' on CPU")
         if cfg.train.sync_batchnorm and dist.enabled:

@@ -1,0 +1,63 @@
+"""Run torchrun's worker processes so that a user error inside them reaches the user as one line.
+
+A worker that fails with a :class:`~spikeguide.errors.SpikeguideError` writes its message to the
+file named by ``SPIKEGUIDE_ERROR_FILE`` (the CLI does so when the variable is set). The launcher
+forwards the workers' output as it comes but holds back torchrun's own lines (its report of a
+failure, ``ChildFailedError``) and the tracebacks torch prefixes with ``[rankN]:`` (the other
+workers', whose peer went away). When a worker left a message, it prints that one line and exits
+with code 2; any other failure is a bug, and what was held back is shown in full.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+ERROR_FILE_ENV = "SPIKEGUIDE_ERROR_FILE"
+# torchrun's agent logs in glog format ("E1204 22:30:01.123000 123 torch/distributed/...] failed
+# (exitcode: 2) ..."), its report of the failure follows; a worker's uncaught exception is
+# printed line by line as "[rank1]: Traceback ..."
+TORCHRUN_LINE = re.compile(r"^[EWI]\d{4} \d\d:\d\d:\d\d")
+TORCHRUN_FAILURE = re.compile(r"^E\d{4} .*failed \(exitcode")
+WORKER_TRACEBACK = re.compile(r"^\[rank\d+\]:")
+
+
+def report_worker_error(message: str) -> bool:
+    """Under the launcher, hand ``message`` to it (the first worker's wins) and return True;
+    elsewhere return False."""
+    path = os.environ.get(ERROR_FILE_ENV)
+    if not path:
+        return False
+    try:
+        with open(path, "x") as f:
+            f.write(message)
+    except FileExistsError:
+        pass
+    return True
+
+
+def run_workers(cmd: Sequence[str]) -> int:
+    """Run the torchrun command ``cmd``; a worker's user error becomes one line and exit code 2."""
+    with tempfile.TemporaryDirectory(prefix="spikeguide-") as tmp:
+        error_file = Path(tmp) / "error"
+        env = {**os.environ, ERROR_FILE_ENV: str(error_file)}
+        held: list[str] = []
+        failed = False
+        with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, bufsize=1) as proc:
+            for line in proc.stderr:
+                failed = failed or bool(TORCHRUN_FAILURE.match(line))
+                if failed or TORCHRUN_LINE.match(line) or WORKER_TRACEBACK.match(line):
+                    held.append(line)
+                else:
+                    sys.stderr.write(line)
+        if error_file.is_file():
+            print(f"spikeguide: error: {error_file.read_text()}", file=sys.stderr)
+            return 2
+        if proc.returncode:
+            sys.stderr.writelines(held)
+        return proc.returncode
