@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -173,3 +174,28 @@ def test_a_teacher_of_another_width_is_refused(tmp_path):
 def test_a_method_with_a_teacher_says_how_to_name_one(tmp_path):
     with pytest.raises(SpikeguideError, match="teacher.checkpoint .* or teacher.recipe"):
         train(parse_config(tiny_config(tmp_path, method={"name": "kd"})))
+
+
+@pytest.mark.parametrize("model, student_change, match", [
+    ("resnet20", {"data": {"options": {"size": 12}}},
+     r"inputs of shape \[1, 8, 8\].*has \[1, 12, 12\]"),
+    ("resnet18", {"model": {"options": {"stem": "cifar"}}}, r"encoder.* of shape \[4, 1, 7, 7\]"),
+])
+def test_a_teacher_that_does_not_fit_the_students_data_is_refused_before_training(
+        tmp_path, capsys, model, student_change, match):
+    from conftest import write_recipe
+    from spikeguide.cli import main
+
+    teacher = write_recipe(tmp_path / "ann.toml", tiny_config(
+        tmp_path, name="ann", method={"name": "ann"}, train={"epochs": 1},
+        model={"name": model}))
+    assert main(["train", str(teacher)]) == 0
+    base = tiny_config(tmp_path, name="snn", method={"name": "enof"}, model={"name": model},
+                       teacher={"checkpoint": str(tmp_path / "runs" / "ann")})
+    student = write_recipe(tmp_path / "snn.toml", {
+        **base, **{k: {**base.get(k, {}), **v} for k, v in student_change.items()}})
+    capsys.readouterr()
+    assert main(["train", str(student)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(match, err), err
+    assert not (tmp_path / "runs" / "snn" / "metrics.jsonl").exists()  # nothing trained

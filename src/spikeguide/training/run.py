@@ -47,7 +47,8 @@ def build_method(cfg: Config, train_set: Dataset, test_set: Dataset | None = Non
     student = build_model(cfg, train_set.num_classes, train_set.in_channels,
                           method_cls.spiking_student)
     guided = method_cls.teacher_needed(cfg.method.options)
-    teacher = prepare_teacher(cfg, student, test_set, teacher_record) if uses_teacher(cfg) else None
+    teacher = (prepare_teacher(cfg, student, test_set, teacher_record, train_set.frame_shape)
+               if uses_teacher(cfg) else None)
     if cfg.teacher.init_student:
         load_twin_weights(student, teacher.state_dict(), f"teacher {cfg.teacher.checkpoint}")
         log.info("student initialized from teacher %s", cfg.teacher.checkpoint)

@@ -9,7 +9,10 @@ A student names its teacher with ``teacher.checkpoint`` (a run directory or chec
 * both: the recipe, trained the same way into the run directory ``teacher.checkpoint``.
 
 Training the recipe is the runner's job (:func:`spikeguide.training.run.ensure_teacher`); this
-module only says where the teacher is, loads and checks it, and evaluates it. Paths are relative
+module only says where the teacher is, loads and checks it, and evaluates it. The checks come
+before any training: the teacher's input shape (channels and size) must be the student's, and
+every layer the two share must have the same shape (classes, widths, the features LAF and hybrid
+distil). Paths are relative
 to the working directory, like every path in a recipe. The teacher must be the student's ANN twin
 (same model, output feature size and class count). It is evaluated once on the student's test
 split; the result goes to ``teacher.json`` in the student's run directory and into the run's
@@ -21,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..config import Config, load_config
 from ..data import Dataset
@@ -67,10 +70,12 @@ def teacher_source(cfg: Config) -> str:
     return cfg.teacher.checkpoint
 
 
-def load_teacher(cfg: Config, student: SpikingNet) -> tuple[SpikingNet, str]:
-    """The ANN twin of ``student`` that ``cfg`` names, and where it came from."""
+def load_teacher(cfg: Config, student: SpikingNet,
+                 frame_shape: Sequence[int] | None = None) -> tuple[SpikingNet, str]:
+    """The ANN twin of ``student`` that ``cfg`` names, and where it came from; ``frame_shape``:
+    the ``[C, H, W]`` of the student's input, which the teacher must have been trained on."""
     source = teacher_source(cfg)
-    teacher, tcfg, _ = load_model(source)
+    teacher, tcfg, ckpt = load_model(source)
     if teacher.spiking:
         raise SpikeguideError(f"teacher {source!r} is a spiking model; the teacher must be an "
                               "ANN (method 'ann')")
@@ -81,6 +86,21 @@ def load_teacher(cfg: Config, student: SpikingNet) -> tuple[SpikingNet, str]:
             f"{shape[0]} classes; the student is a {cfg.model.name} with {wanted[1]} and "
             f"{wanted[0]}: the teacher must be the student's ANN twin (same model and width)"
         )
+    trained_on = ckpt["data"].get("frame_shape")  # absent in checkpoints of older versions
+    if frame_shape is not None and trained_on is not None and list(trained_on) != list(frame_shape):
+        raise SpikeguideError(
+            f"teacher {source!r} was trained on inputs of shape {list(trained_on)} (C, H, W); "
+            f"the student's data ({cfg.data.name}) has {list(frame_shape)}: train the teacher on "
+            "the student's data"
+        )
+    student_shapes = {k: v.shape for k, v in student.state_dict().items()}
+    for key, value in teacher.state_dict().items():
+        if key in student_shapes and value.shape != student_shapes[key]:
+            raise SpikeguideError(
+                f"teacher {source!r} has {key} of shape {list(value.shape)}, the student "
+                f"{list(student_shapes[key])}: the teacher must be the student's ANN twin (same "
+                "model, width and model.options)"
+            )
     return teacher, source
 
 
@@ -95,10 +115,12 @@ def score_teacher(cfg: Config, teacher: SpikingNet, source: str,
 
 
 def prepare_teacher(cfg: Config, student: SpikingNet, test_set: Dataset | None = None,
-                    record: dict[str, Any] | None = None) -> SpikingNet:
-    """Load the teacher ``cfg`` names; its test record (``record``, or evaluated on ``test_set``)
-    goes to the student's run directory."""
-    teacher, source = load_teacher(cfg, student)
+                    record: dict[str, Any] | None = None,
+                    frame_shape: Sequence[int] | None = None) -> SpikingNet:
+    """Load the teacher ``cfg`` names and check it fits the student and its input
+    (``frame_shape``); its test record (``record``, or evaluated on ``test_set``) goes to the
+    student's run directory."""
+    teacher, source = load_teacher(cfg, student, frame_shape)
     if record is None and test_set is not None:
         record = score_teacher(cfg, teacher, source, test_set)
     if record is not None:
