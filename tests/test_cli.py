@@ -163,3 +163,21 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"spikeguide {__version__}"
+
+
+def test_a_run_without_v_prints_one_line_per_epoch_and_tensorboard_gets_every_step(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import run_cli
+
+    recipe = write_recipe(tmp_path / "r.toml", tiny_config(tmp_path, train={"epochs": 2}))
+    proc = run_cli("train", str(recipe))
+    err = proc.stderr
+    assert proc.returncode == 0, err
+    lines = [ln for ln in err.splitlines() if " epoch " in ln]
+    assert [ln.split(":")[0] for ln in lines] == ["tiny epoch 1/2", "tiny epoch 2/2"], err
+    events = EventAccumulator(str(tmp_path / "runs" / "tiny" / "tb")).Reload()
+    loss, lr = events.Scalars("step/loss"), events.Scalars("step/lr")
+    steps = events.Scalars("train/loss")[-1].step  # the last epoch's global step
+    assert [e.step for e in loss] == [e.step for e in lr] == list(range(1, steps + 1))
+    assert lr[0].value == pytest.approx(0.05) and lr[-1].value < lr[0].value  # cosine, as used

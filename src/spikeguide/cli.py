@@ -268,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = args.verbose and os.environ.get("RANK", "0") == "0"
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(message)s", stream=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # one line per epoch, -v or not
+        logging.getLogger("spikeguide.progress").setLevel(logging.INFO)
     try:
         code = args.fn(args)
         sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at exit

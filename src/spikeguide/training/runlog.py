@@ -65,6 +65,11 @@ class RunLog:
             self.writer.add_scalar(f"firing/{layer}", rate, record.global_step)
         self.writer.flush()
 
+    def write_step(self, global_step: int, loss: float, lr: float) -> None:
+        """Per-step TensorBoard scalars (``step/loss``, ``step/lr``); flushed with the epoch's."""
+        self.writer.add_scalar("step/loss", loss, global_step)
+        self.writer.add_scalar("step/lr", lr, global_step)
+
     def close(self) -> None:
         self.writer.close()
 

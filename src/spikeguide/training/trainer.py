@@ -44,6 +44,8 @@ from .runlog import EpochRecord, RunLog, read_metrics
 from .scoring import Scores, score_model
 
 log = logging.getLogger("spikeguide")
+# one line per epoch; the CLI shows it without -v (cli.py)
+progress_log = logging.getLogger("spikeguide.progress")
 
 @dataclass(frozen=True)
 class StoppedAt:
@@ -121,6 +123,7 @@ class Trainer:
         self.best_top1 = -math.inf
         self.epoch_stats = {"loss": 0.0, "correct": 0, "seen": 0}
         self.stop_signal: int | None = None
+        self.log: RunLog | None = None  # the first process's, while fit runs
         # training seconds of earlier processes of this run (resumed) and when this fit began:
         # the log's elapsed_s counts the whole run, not one process
         self.elapsed_before = 0.0
@@ -199,6 +202,9 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.log is not None:  # the loss and the lr of this step, numbered as it ends
+            self.log.write_step(self.global_step + 1, float(loss.detach()),
+                                self.optimizer.param_groups[0]["lr"])
         self.scheduler.step()
         self.epoch_stats["loss"] += float(loss.detach()) * len(y)
         self.epoch_stats["correct"] += int((logits.argmax(1) == y).sum())
@@ -288,7 +294,8 @@ class Trainer:
         if improved:
             self.save("best")
         self.save("latest")
-        log.info("epoch %d: train loss %.4f top1 %.2f | test top1 %.2f (best %.2f) | firing %s",
-                 self.epoch, record.train_loss, record.train_top1, scores.top1, self.best_top1,
-                 firing_text(scores.firing_rate))
+        progress_log.info("%s epoch %d/%d: train loss %.4f top1 %.2f | test top1 %.2f (best %.2f) "
+                          "| firing %s", self.cfg.name, self.epoch, self.cfg.train.epochs,
+                          record.train_loss, record.train_top1, scores.top1, self.best_top1,
+                          firing_text(scores.firing_rate))
         return record
