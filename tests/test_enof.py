@@ -199,3 +199,45 @@ def test_a_teacher_that_does_not_fit_the_students_data_is_refused_before_trainin
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and re.search(match, err), err
     assert not (tmp_path / "runs" / "snn" / "metrics.jsonl").exists()  # nothing trained
+
+
+def test_a_teacher_recipe_follows_the_students_data_and_teacher_set(tmp_path, capsys, monkeypatch):
+    from conftest import write_recipe
+    from spikeguide.cli import main
+    from spikeguide.config import read_toml
+
+    monkeypatch.chdir(tmp_path)
+    write_recipe(tmp_path / "ann.toml", tiny_config(
+        tmp_path, name="ann", method={"name": "ann"}, train={"epochs": 3}))
+    student = write_recipe(tmp_path / "snn.toml", tiny_config(
+        tmp_path, name="snn", method={"name": "kd"}, train={"epochs": 1},
+        teacher={"recipe": "ann.toml"}))  # relative to the working directory
+    code = main(["train", str(student), "--set", "data.train_subset=300",
+                 "--set", "teacher.set.train.epochs=1", "--set", "teacher.set.optim.lr=0.02"])
+    assert code == 0
+    teacher = read_toml(tmp_path / "runs" / "ann" / "config.toml")
+    assert teacher["data"]["train_subset"] == 300  # followed
+    assert teacher["train"]["epochs"] == 1 and teacher["optim"]["lr"] == 0.02  # teacher.set
+    assert [json.loads(ln)["epoch"] for ln in
+            (tmp_path / "runs" / "ann" / "metrics.jsonl").read_text().splitlines()] == [1]
+    # the student's choice can be overridden for the teacher alone
+    cfg = parse_config({**tiny_config(tmp_path, name="snn2", method={"name": "kd"},
+                                      data={"train_subset": 300}),
+                        "teacher": {"recipe": "ann.toml",
+                                    "set": {"data": {"train_subset": 200}}}})
+    from spikeguide.training.teacher import followed_data, teacher_config
+
+    assert followed_data(cfg) == {} and teacher_config(cfg).data.train_subset == 200
+
+
+def test_teacher_recipe_can_be_unset_and_a_missing_one_names_the_key(tmp_path, capsys):
+    from conftest import write_recipe
+    from spikeguide.cli import main
+
+    student = write_recipe(tmp_path / "snn.toml", tiny_config(
+        tmp_path, name="snn", method={"name": "kd"}, teacher={"recipe": "nowhere/ann.toml"}))
+    assert main(["train", str(student)]) == 2
+    err = capsys.readouterr().err
+    assert "teacher.recipe 'nowhere/ann.toml' does not exist" in err and "working directory" in err
+    assert main(["train", str(student), "--set", "teacher.recipe="]) == 2
+    assert "needs a teacher: set teacher.checkpoint" in capsys.readouterr().err

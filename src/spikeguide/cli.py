@@ -270,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(message)s", stream=sys.stderr)
     if os.environ.get("RANK", "0") == "0":  # one line per epoch, -v or not
         logging.getLogger("spikeguide.progress").setLevel(logging.INFO)
+    else:  # every process would say the same; errors reach the launcher (training/workers.py)
+        logging.getLogger("spikeguide").setLevel(logging.ERROR)
     try:
         code = args.fn(args)
         sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at exit

@@ -31,7 +31,7 @@ from .distributed import (
     local_device,
     resolve_device,
 )
-from .teacher import prepare_teacher, recorded_teacher_top1, teacher_config
+from .teacher import followed_data, prepare_teacher, recorded_teacher_top1, teacher_config
 from .threads import set_threads
 from .trainer import Trainer, TrainSummary
 
@@ -184,5 +184,14 @@ def ensure_teacher(cfg: Config) -> None:
     """Train the teacher recipe ``cfg`` names first, when the run uses its teacher and the recipe
     is not trained yet."""
     tcfg = teacher_config(cfg) if uses_teacher(cfg) else None
-    if tcfg is not None and ensure_trained(tcfg):
+    if tcfg is None:
+        return
+    for key, value in followed_data(cfg).items():
+        log.warning("teacher %s: data.%s = %r follows the student (teacher.set.data.%s chooses "
+                    "otherwise)", cfg.teacher.recipe, key, value, key)
+    if not is_finished(tcfg):
+        log.warning("training the teacher recipe %s into %s first%s", cfg.teacher.recipe,
+                    tcfg.run_dir, "" if tcfg.run_dir.exists() else
+                    " (teacher.checkpoint does not exist yet)" if cfg.teacher.checkpoint else "")
+    if ensure_trained(tcfg):
         log.info("trained the teacher recipe %s into %s", cfg.teacher.recipe, tcfg.run_dir)

@@ -17,6 +17,11 @@ to the working directory, like every path in a recipe. The teacher must be the s
 (same model, output feature size and class count). It is evaluated once on the student's test
 split; the result goes to ``teacher.json`` in the student's run directory and into the run's
 summary as ``teacher_top1``.
+
+A teacher recipe is trained on the student's data: the student's ``data.root``,
+``data.train_subset`` and ``data.test_subset`` replace the recipe's when both use the same dataset
+(logged). ``teacher.set`` overrides the recipe like ``--set`` (``--set
+teacher.set.train.epochs=1``) and comes last.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import Config, load_config
+from ..config import Config, DataConfig, merge, parse_config, read_toml
 from ..data import Dataset
 from ..data.loader import normalized_batches
 from ..errors import SpikeguideError
@@ -40,12 +45,45 @@ log = logging.getLogger("spikeguide")
 TEACHER_FILE = "teacher.json"
 
 
+# what a teacher recipe takes from its student by default, when both use the same dataset
+FOLLOWED_DATA = ("root", "train_subset", "test_subset")
+
+
+def read_teacher_recipe(cfg: Config) -> dict:
+    path = cfg.teacher.recipe
+    if not Path(path).is_file():
+        raise SpikeguideError(f"teacher.recipe {path!r} does not exist (relative paths in a "
+                              f"recipe are relative to the working directory, {str(Path.cwd())!r})")
+    return read_toml(path)
+
+
+def followed_data(cfg: Config) -> dict[str, Any]:
+    """The ``data`` fields of the student that its teacher recipe takes instead of its own (its
+    data folder and subsets, when both use the same dataset and ``teacher.set`` does not choose
+    them): the teacher is trained on the student's data. None: the field is unset."""
+    raw = read_teacher_recipe(cfg).get("data", {})
+    if raw.get("name", DataConfig.name) != cfg.data.name:
+        return {}
+    chosen = cfg.teacher.set.get("data", {})
+    return {key: getattr(cfg.data, key) for key in FOLLOWED_DATA
+            if key not in chosen and raw.get(key) != getattr(cfg.data, key)}
+
+
 def teacher_config(cfg: Config) -> Config | None:
-    """The teacher's recipe as a config placed where the student looks for it (None: no recipe)."""
+    """The teacher's recipe as a config placed where the student looks for it (None: no recipe):
+    the recipe, then the student's data it follows (:func:`followed_data`), then
+    ``teacher.set``."""
     t = cfg.teacher
     if t.recipe is None:
         return None
-    tcfg = load_config(t.recipe)
+    raw = read_teacher_recipe(cfg)
+    data = dict(raw.get("data", {}))
+    for key, value in followed_data(cfg).items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    tcfg = parse_config(merge(raw, {"data": data}, t.set))
     if t.checkpoint is not None:
         path = Path(t.checkpoint)
         if path.suffix == ".pt":
