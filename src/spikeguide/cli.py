@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
@@ -172,15 +173,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def import_modules(names: Sequence[str]) -> None:
+    """``--import``: modules that register methods, neurons, models or datasets of their own."""
+    if names and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise SpikeguideError(f"--import {name}: {e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spikeguide", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add_set(p: argparse.ArgumentParser) -> None:
+    def add_set(p: argparse.ArgumentParser, example: str = "train.epochs=3") -> None:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field, e.g. --set train.epochs=3 (repeatable)")
+                       help=f"override a config field, e.g. --set {example} (repeatable)")
+        add_import(p)
+
+    def add_import(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                       help="import MODULE first: a method, neuron, model or dataset registered "
+                            "outside spikeguide (repeatable; the working directory is searched)")
 
     p = sub.add_parser("quickstart", help="train an ANN and an SNN on bundled digits (no data needed)")
     p.add_argument("--out", default="runs/quickstart", help="output folder (default: %(default)s)")
@@ -207,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latest", action="store_true", help="use latest.pt instead of best.pt")
     p.add_argument("--energy-batches", type=int, default=4, metavar="N",
                    help="test batches counted for activity and energy (default: %(default)s)")
-    add_set(p)
+    add_set(p, "model.T=8")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("export", help="write a run's SNN to a file for other tools (NIR)")
@@ -220,12 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "expects 1e-4)")
     p.add_argument("--frame-shape", type=int, nargs=3, default=None, metavar=("C", "H", "W"),
                    help="input shape of one frame, for checkpoints that do not record it")
+    add_import(p)
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("report", help="plot a run's curves to PNG and print its summary")
     p.add_argument("run")
     p.add_argument("--energy-batches", type=int, default=4, metavar="N",
                    help="test batches counted for activity and energy (default: %(default)s)")
+    add_import(p)
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("diagnose", help="per-layer gradient flow and firing rates of a recipe's SNN; "
@@ -273,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:  # every process would say the same; errors reach the launcher (training/workers.py)
         logging.getLogger("spikeguide").setLevel(logging.ERROR)
     try:
+        import_modules(args.imports)
         code = args.fn(args)
         sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at exit
         return code

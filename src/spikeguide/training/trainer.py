@@ -136,6 +136,7 @@ class Trainer:
             "format": FORMAT,
             "config": to_dict(self.cfg),
             "data": self.data_info,
+            "spiking": self.method.student.spiking,  # rebuilding the model needs no method
             "model": self.method.student.state_dict(),
             "method": self.method.own_state_dict(),
             "optimizer": self.optimizer.state_dict(),
