@@ -157,3 +157,12 @@ def test_a_run_without_v_prints_one_line_per_epoch_and_tensorboard_gets_every_st
     steps = events.Scalars("train/loss")[-1].step  # the last epoch's global step
     assert [e.step for e in loss] == [e.step for e in lr] == list(range(1, steps + 1))
     assert lr[0].value == pytest.approx(0.05) and lr[-1].value < lr[0].value  # cosine, as used
+
+
+def test_stopped_at_and_resumed_at_name_the_same_epoch(tmp_path, capsys, caplog):
+    recipe = write_recipe(tmp_path / "r.toml", tiny_config(tmp_path, train={"epochs": 1}))
+    code, out, _ = run(capsys, "train", str(recipe), "--max-steps", "3")
+    assert code == 0 and "stopped at epoch 1 step 3;" in out
+    with caplog.at_level("INFO", logger="spikeguide"):
+        assert run(capsys, "train", str(recipe), "--resume")[0] == 0
+    assert "at epoch 1 step 3" in caplog.text and "resumed" in caplog.text

@@ -228,10 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(p, "model.T=8")
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("export", help="write a run's SNN to a file for other tools (NIR)")
+    p = sub.add_parser("export", help="write a run's SNN to a file for other tools (NIR) or a "
+                                      "Hugging Face Hub-style folder")
     p.add_argument("run", help="a run directory or checkpoint")
-    p.add_argument("--format", default="nir", help="nir (default: %(default)s)")
-    p.add_argument("--out", required=True, help="the file to write, e.g. model.nir")
+    p.add_argument("--format", default="nir",
+                   help="nir, or hub: config, safetensors weights and a model card "
+                        "(default: %(default)s)")
+    p.add_argument("--out", required=True,
+                   help="the file (nir) or folder (hub) to write, e.g. model.nir")
     p.add_argument("--latest", action="store_true", help="use latest.pt instead of best.pt")
     p.add_argument("--dt", type=float, default=1.0,
                    help="time step of the NIR neurons (default: %(default)s; snnTorch's importer "

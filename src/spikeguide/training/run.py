@@ -120,7 +120,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         state = load_checkpoint(cfg.run_dir / "latest.pt", map_location=trainer.device)
         checked_weights(method.student, state["model"], str(cfg.run_dir / "latest.pt"))
         trainer.load_state_dict(state)
-        log.info("resumed %s at epoch %d step %d", cfg.run_dir, trainer.epoch, trainer.step)
+        log.info("resumed %s at epoch %d step %d", cfg.run_dir, trainer.epoch + 1, trainer.step)
     summary = trainer.fit(max_steps=max_steps)
     empty_cache()  # the neuron kernels' pooled buffers are sized for this run's model
     # rank 0 writes the last checkpoint; no process may read the run (a teacher trained first, say)
