@@ -166,3 +166,15 @@ def test_stopped_at_and_resumed_at_name_the_same_epoch(tmp_path, capsys, caplog)
     with caplog.at_level("INFO", logger="spikeguide"):
         assert run(capsys, "train", str(recipe), "--resume")[0] == 0
     assert "at epoch 1 step 3" in caplog.text and "resumed" in caplog.text
+
+
+@pytest.mark.slow
+def test_verbose_under_two_processes_logs_each_line_once(tmp_path):
+    from conftest import ONE_THREAD, run_cli
+
+    recipe = write_recipe(tmp_path / "r.toml", tiny_config(tmp_path, train={"epochs": 1}))
+    proc = run_cli("-v", "train", str(recipe), "--nproc", "2", env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert sum(ln.startswith("tiny epoch 1/1:") for ln in lines) == 1, proc.stderr
+    assert sum(ln.startswith("data loader:") for ln in lines) == 1, proc.stderr

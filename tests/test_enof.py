@@ -241,3 +241,19 @@ def test_teacher_recipe_can_be_unset_and_a_missing_one_names_the_key(tmp_path, c
     assert "teacher.recipe 'nowhere/ann.toml' does not exist" in err and "working directory" in err
     assert main(["train", str(student), "--set", "teacher.recipe="]) == 2
     assert "needs a teacher: set teacher.checkpoint" in capsys.readouterr().err
+
+
+def test_a_teacher_folder_of_another_config_names_the_keys_and_the_way_out(tmp_path, monkeypatch):
+    from conftest import write_recipe
+
+    monkeypatch.chdir(tmp_path)
+    write_recipe(tmp_path / "ann.toml", tiny_config(
+        tmp_path, name="ann", method={"name": "ann"}, train={"epochs": 1, "progress": False}))
+    student = tiny_config(tmp_path, name="snn", method={"name": "kd"},
+                          train={"epochs": 1, "progress": False}, teacher={"recipe": "ann.toml"})
+    train(parse_config(student))
+    other = {**student, "teacher": {"recipe": "ann.toml", "set": {"optim": {"lr": 0.01}}}}
+    with pytest.raises(SpikeguideError, match=r"differs in optim.lr\): train this one elsewhere "
+                                              r"with --set name=OTHER \(a teacher: "
+                                              r"teacher.checkpoint=DIR\)"):
+        train(parse_config({**other, "name": "snn2"}))
