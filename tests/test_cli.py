@@ -33,9 +33,12 @@ def test_train_then_eval_prints_accuracy_and_firing_rate(finished_run, capsys):
 
 def test_another_models_checkpoint_is_named(finished_run, capsys):
     recipe, _ = finished_run
-    code, _, err = run(capsys, "train", str(recipe), "--resume", "--set", 'model.name="resnet19"')
+    # allowed, the change still meets the weights' check
+    code, _, err = run(capsys, "train", str(recipe), "--resume", "--set", 'model.name="resnet19"',
+                       "--allow-changes", "model.name")
     assert code == 2 and "another architecture" in err
-    code, _, err = run(capsys, "train", str(recipe), "--resume", "--set", "model.width=0.125")
+    code, _, err = run(capsys, "train", str(recipe), "--resume", "--set", "model.width=0.125",
+                       "--allow-changes", "model.width")
     assert code == 2 and "has shape" in err and len(err.strip().splitlines()) == 1
 
 
