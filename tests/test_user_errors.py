@@ -46,7 +46,8 @@ def corrupt_checkpoint(ctx):
 CASES = {
     "missing data folder": (lambda c: c.train("--set", 'data.name="cifar10"', "--set",
                                               "data.options={}", "--set",
-                                              f'data.root="{c.tmp / "nowhere"}"'), "nowhere", "run"),
+                                              f'data.root="{c.tmp / "nowhere"}"'),
+                            "nowhere", "run"),
     "wrong dataset layout": (not_a_dataset, "layout", "run"),
     "config typo": (lambda c: c.train("--set", "train.epoch=3"), "did you mean 'train.epochs'",
                     "config"),

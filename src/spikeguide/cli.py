@@ -70,7 +70,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc != 1:
         from .training.distributed import check_world_size, launch
 
-        check_world_size(cfg.data.batch_size, args.nproc)  # before torchrun starts: one line, not N tracebacks
+        # before torchrun starts: one line, not a traceback per process
+        check_world_size(cfg.data.batch_size, args.nproc)
         return launch(args.nproc, strip_option(args.argv, "--nproc"))
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps,
                     allow_changes=args.allow_changes)
@@ -186,7 +187,9 @@ def import_modules(names: Sequence[str]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spikeguide", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log the details (data loader, threads, teacher, resume); one line "
+                             "per epoch is printed either way")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

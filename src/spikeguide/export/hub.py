@@ -59,8 +59,8 @@ def save_hub_folder(run: str | Path, out: str | Path, prefer: str = "best") -> P
 
 def model_card(cfg: Config, model: SpikingNet, meta: dict[str, Any], records: list) -> str:
     kind = f"spiking, T = {cfg.model.T}" if model.spiking else "ANN"
-    lines = ["---", "library_name: spikeguide",
-             "tags:", "- spiking-neural-network" if model.spiking else "- ann", f"- {cfg.method.name}",
+    tag = "spiking-neural-network" if model.spiking else "ann"
+    lines = ["---", "library_name: spikeguide", "tags:", f"- {tag}", f"- {cfg.method.name}",
              "---", "", f"# {cfg.name}", "",
              f"A {cfg.model.name} (width {cfg.model.width:g}, {kind}) trained with spikeguide's "
              f"`{cfg.method.name}` method on `{cfg.data.name}` ({meta.get('num_classes')} "
