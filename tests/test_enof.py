@@ -138,7 +138,7 @@ def test_bad_distillation_options_name_the_key(table, match):
         parse_config({"method": table})
 
 
-def test_teacher_recipe_is_trained_first_evaluated_once_and_recorded(tmp_path):
+def test_teacher_recipe_is_trained_first_evaluated_once_and_recorded(tmp_path, caplog):
     from conftest import write_recipe
 
     teacher_dir = tmp_path / "teacher"
@@ -147,7 +147,11 @@ def test_teacher_recipe_is_trained_first_evaluated_once_and_recorded(tmp_path):
     student = parse_config(tiny_config(
         tmp_path, name="snn", method={"name": "enof"}, train={"epochs": 1, "progress": False},
         teacher={"recipe": str(recipe), "checkpoint": str(teacher_dir), "init_student": True}))
-    summary = train(student)
+    with caplog.at_level("WARNING", logger="spikeguide"):
+        summary = train(student)
+    # a teacher.checkpoint that does not exist yet is not used as the output folder silently
+    assert f"training the teacher recipe {recipe} into {teacher_dir} first (teacher.checkpoint " \
+        "does not exist yet)" in caplog.text
     assert (teacher_dir / "best.pt").is_file()  # trained where the student looks for it
     record = json.loads((student.run_dir / "teacher.json").read_text())
     teacher_top1 = json.loads((teacher_dir / "metrics.jsonl").read_text().splitlines()[-1])
