@@ -9,8 +9,9 @@ from typing import Any, Iterable
 from ..config import Config, parse_config, to_dict
 from ..errors import SpikeguideError
 
-# keys that change how a run is executed or shown, never what it learns
-IGNORED = ("train.progress", "data.loader", "data.ram_share", "data.gpu_share")
+# keys that change how a run is executed or shown, not what it learns (a resume's thread count
+# has its own rule and warning: training/threads.py)
+IGNORED = ("train.progress", "train.threads", "data.loader", "data.ram_share", "data.gpu_share")
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
