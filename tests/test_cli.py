@@ -181,3 +181,21 @@ def test_verbose_under_two_processes_logs_each_line_once(tmp_path):
     lines = proc.stderr.splitlines()
     assert sum(ln.startswith("tiny epoch 1/1:") for ln in lines) == 1, proc.stderr
     assert sum(ln.startswith("data loader:") for ln in lines) == 1, proc.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_two_processes_checkpoints_and_exits_130_without_a_traceback(tmp_path):
+    import os
+    import signal
+    import time
+
+    from conftest import start_cli
+
+    recipe = write_recipe(tmp_path / "r.toml", tiny_config(tmp_path, train={"epochs": 30}))
+    proc = start_cli("train", str(recipe), "--nproc", "2", start_new_session=True)
+    while proc.poll() is None and not (tmp_path / "runs" / "tiny" / "metrics.jsonl").exists():
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "stopped at epoch" in out and "Traceback" not in err, err

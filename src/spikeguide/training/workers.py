@@ -5,13 +5,16 @@ file named by ``SPIKEGUIDE_ERROR_FILE`` (the CLI does so when the variable is se
 forwards the workers' output as it comes but holds back torchrun's own lines (its report of a
 failure, ``ChildFailedError``) and the tracebacks torch prefixes with ``[rankN]:`` (the other
 workers', whose peer went away). When a worker left a message, it prints that one line and exits
-with code 2; any other failure is a bug, and what was held back is shown in full.
+with code 2; any other failure is a bug, and what was held back is shown in full. Ctrl-C reaches
+torchrun and the workers as well: the launcher keeps relaying while they checkpoint and say
+where they stopped, then exits with 128 + SIGINT.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,17 +50,28 @@ def run_workers(cmd: Sequence[str]) -> int:
         error_file = Path(tmp) / "error"
         env = {**os.environ, ERROR_FILE_ENV: str(error_file)}
         held: list[str] = []
-        failed = False
+        failed = interrupted = False
         with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, bufsize=1) as proc:
-            for line in proc.stderr:
-                failed = failed or bool(TORCHRUN_FAILURE.match(line))
-                if failed or TORCHRUN_LINE.match(line) or WORKER_TRACEBACK.match(line):
-                    held.append(line)
-                else:
-                    sys.stderr.write(line)
+            while True:
+                try:
+                    for line in proc.stderr:
+                        failed = failed or bool(TORCHRUN_FAILURE.match(line))
+                        if (failed or interrupted or TORCHRUN_LINE.match(line)
+                                or WORKER_TRACEBACK.match(line)):
+                            held.append(line)
+                        else:
+                            sys.stderr.write(line)
+                    break
+                except KeyboardInterrupt:
+                    # Ctrl-C reached torchrun and its workers too: they checkpoint and stop, and
+                    # closing their pipe now would break what they still write
+                    interrupted = True
         if error_file.is_file():
             print(f"spikeguide: error: {error_file.read_text()}", file=sys.stderr)
             return 2
+        if interrupted:  # the workers' own lines; torchrun's report of the signal adds nothing
+            sys.stderr.writelines(ln for ln in held if ln.startswith("spikeguide"))
+            return 128 + signal.SIGINT
         if proc.returncode:
             sys.stderr.writelines(held)
         return proc.returncode
