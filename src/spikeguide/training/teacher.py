@@ -83,7 +83,10 @@ def teacher_config(cfg: Config) -> Config | None:
             data.pop(key, None)
         else:
             data[key] = value
-    tcfg = parse_config(merge(raw, {"data": data}, t.set))
+    try:
+        tcfg = parse_config(merge(raw, {"data": data}, t.set))
+    except SpikeguideError as e:
+        raise SpikeguideError(f"teacher recipe {t.recipe!r} with teacher.set: {e}") from None
     if t.checkpoint is not None:
         path = Path(t.checkpoint)
         if path.suffix == ".pt":
