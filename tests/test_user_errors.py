@@ -107,7 +107,7 @@ CASES = {
                                "needs a teacher", "run"),
     "teacher is not there": (lambda c: c.train("--set", 'method.name="kd"', "--set",
                                                f'teacher.checkpoint="{c.tmp / "gone"}"'),
-                             "does not exist", "run"),
+                             "teacher.checkpoint '", "run"),
     "a spiking teacher": (lambda c: c.train("--set", 'method.name="kd"', "--set",
                                             f'teacher.checkpoint="{c.finished_dir}"'),
                           "is a spiking model", "run"),

@@ -52,8 +52,7 @@ FOLLOWED_DATA = ("root", "train_subset", "test_subset")
 def read_teacher_recipe(cfg: Config) -> dict:
     path = cfg.teacher.recipe
     if not Path(path).is_file():
-        raise SpikeguideError(f"teacher.recipe {path!r} does not exist (relative paths in a "
-                              f"recipe are relative to the working directory, {str(Path.cwd())!r})")
+        raise SpikeguideError(f"teacher.recipe {path!r} does not exist{relative_note(path)}")
     return read_toml(path)
 
 
@@ -108,7 +107,16 @@ def teacher_source(cfg: Config) -> str:
             f"method {cfg.method.name!r} needs a teacher: set teacher.checkpoint to an ANN run "
             "directory or checkpoint, or teacher.recipe to the ANN recipe to train first"
         )
+    if not Path(cfg.teacher.checkpoint).exists():
+        raise SpikeguideError(f"teacher.checkpoint {cfg.teacher.checkpoint!r} does not exist"
+                              f"{relative_note(cfg.teacher.checkpoint)}")
     return cfg.teacher.checkpoint
+
+
+def relative_note(path: str) -> str:
+    return ("" if Path(path).is_absolute() else
+            f" (relative paths in a recipe are relative to the working directory, "
+            f"{str(Path.cwd())!r})")
 
 
 def load_teacher(cfg: Config, student: SpikingNet,
