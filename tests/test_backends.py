@@ -276,3 +276,18 @@ def test_auto_picks_triton_for_cuda_float32_bf16_fp16_where_triton_is_installed(
     assert not kernels._auto_runs_here("triton", on("cpu"), kernels.LIFSpec)  # no interpreter
     installed["triton"] = False
     assert not kernels._auto_runs_here("triton", on("cuda"), kernels.LIFSpec)
+
+
+def test_the_kernel_build_is_announced_only_when_it_builds(tmp_path):
+    import os
+    import time
+
+    from spikeguide.neurons.kernels.cpu import SOURCE, needs_build
+
+    assert needs_build(tmp_path)  # nothing built there
+    built = tmp_path / "spikeguide_lif_cpu.so"
+    built.write_bytes(b"")
+    assert not needs_build(tmp_path)
+    old = time.time() - 3600
+    os.utime(built, (old, old))
+    assert needs_build(tmp_path) == (SOURCE.stat().st_mtime > old)  # a changed source rebuilds

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -137,7 +138,7 @@ def test_bad_distillation_options_name_the_key(table, match):
         parse_config({"method": table})
 
 
-def test_teacher_recipe_is_trained_first_evaluated_once_and_recorded(tmp_path):
+def test_teacher_recipe_is_trained_first_evaluated_once_and_recorded(tmp_path, caplog):
     from conftest import write_recipe
 
     teacher_dir = tmp_path / "teacher"
@@ -146,7 +147,11 @@ def test_teacher_recipe_is_trained_first_evaluated_once_and_recorded(tmp_path):
     student = parse_config(tiny_config(
         tmp_path, name="snn", method={"name": "enof"}, train={"epochs": 1, "progress": False},
         teacher={"recipe": str(recipe), "checkpoint": str(teacher_dir), "init_student": True}))
-    summary = train(student)
+    with caplog.at_level("WARNING", logger="spikeguide"):
+        summary = train(student)
+    # a teacher.checkpoint that does not exist yet is not used as the output folder silently
+    assert f"training the teacher recipe {recipe} into {teacher_dir} first (teacher.checkpoint " \
+        "does not exist yet)" in caplog.text
     assert (teacher_dir / "best.pt").is_file()  # trained where the student looks for it
     record = json.loads((student.run_dir / "teacher.json").read_text())
     teacher_top1 = json.loads((teacher_dir / "metrics.jsonl").read_text().splitlines()[-1])
@@ -173,3 +178,86 @@ def test_a_teacher_of_another_width_is_refused(tmp_path):
 def test_a_method_with_a_teacher_says_how_to_name_one(tmp_path):
     with pytest.raises(SpikeguideError, match="teacher.checkpoint .* or teacher.recipe"):
         train(parse_config(tiny_config(tmp_path, method={"name": "kd"})))
+
+
+@pytest.mark.parametrize("model, student_change, match", [
+    ("resnet20", {"data": {"options": {"size": 12}}},
+     r"inputs of shape \[1, 8, 8\].*has \[1, 12, 12\]"),
+    ("resnet18", {"model": {"options": {"stem": "cifar"}}}, r"encoder.* of shape \[4, 1, 7, 7\]"),
+])
+def test_a_teacher_that_does_not_fit_the_students_data_is_refused_before_training(
+        tmp_path, capsys, model, student_change, match):
+    from conftest import write_recipe
+    from spikeguide.cli import main
+
+    teacher = write_recipe(tmp_path / "ann.toml", tiny_config(
+        tmp_path, name="ann", method={"name": "ann"}, train={"epochs": 1},
+        model={"name": model}))
+    assert main(["train", str(teacher)]) == 0
+    base = tiny_config(tmp_path, name="snn", method={"name": "enof"}, model={"name": model},
+                       teacher={"checkpoint": str(tmp_path / "runs" / "ann")})
+    student = write_recipe(tmp_path / "snn.toml", {
+        **base, **{k: {**base.get(k, {}), **v} for k, v in student_change.items()}})
+    capsys.readouterr()
+    assert main(["train", str(student)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(match, err), err
+    assert not (tmp_path / "runs" / "snn" / "metrics.jsonl").exists()  # nothing trained
+
+
+def test_a_teacher_recipe_follows_the_students_data_and_teacher_set(tmp_path, capsys, monkeypatch):
+    from conftest import write_recipe
+    from spikeguide.cli import main
+    from spikeguide.config import read_toml
+
+    monkeypatch.chdir(tmp_path)
+    write_recipe(tmp_path / "ann.toml", tiny_config(
+        tmp_path, name="ann", method={"name": "ann"}, train={"epochs": 3}))
+    student = write_recipe(tmp_path / "snn.toml", tiny_config(
+        tmp_path, name="snn", method={"name": "kd"}, train={"epochs": 1},
+        teacher={"recipe": "ann.toml"}))  # relative to the working directory
+    code = main(["train", str(student), "--set", "data.train_subset=300",
+                 "--set", "teacher.set.train.epochs=1", "--set", "teacher.set.optim.lr=0.02"])
+    assert code == 0
+    teacher = read_toml(tmp_path / "runs" / "ann" / "config.toml")
+    assert teacher["data"]["train_subset"] == 300  # followed
+    assert teacher["train"]["epochs"] == 1 and teacher["optim"]["lr"] == 0.02  # teacher.set
+    assert [json.loads(ln)["epoch"] for ln in
+            (tmp_path / "runs" / "ann" / "metrics.jsonl").read_text().splitlines()] == [1]
+    # the student's choice can be overridden for the teacher alone
+    cfg = parse_config({**tiny_config(tmp_path, name="snn2", method={"name": "kd"},
+                                      data={"train_subset": 300}),
+                        "teacher": {"recipe": "ann.toml",
+                                    "set": {"data": {"train_subset": 200}}}})
+    from spikeguide.training.teacher import followed_data, teacher_config
+
+    assert followed_data(cfg) == {} and teacher_config(cfg).data.train_subset == 200
+
+
+def test_teacher_recipe_can_be_unset_and_a_missing_one_names_the_key(tmp_path, capsys):
+    from conftest import write_recipe
+    from spikeguide.cli import main
+
+    student = write_recipe(tmp_path / "snn.toml", tiny_config(
+        tmp_path, name="snn", method={"name": "kd"}, teacher={"recipe": "nowhere/ann.toml"}))
+    assert main(["train", str(student)]) == 2
+    err = capsys.readouterr().err
+    assert "teacher.recipe 'nowhere/ann.toml' does not exist" in err and "working directory" in err
+    assert main(["train", str(student), "--set", "teacher.recipe="]) == 2
+    assert "needs a teacher: set teacher.checkpoint" in capsys.readouterr().err
+
+
+def test_a_teacher_folder_of_another_config_names_the_keys_and_the_way_out(tmp_path, monkeypatch):
+    from conftest import write_recipe
+
+    monkeypatch.chdir(tmp_path)
+    write_recipe(tmp_path / "ann.toml", tiny_config(
+        tmp_path, name="ann", method={"name": "ann"}, train={"epochs": 1, "progress": False}))
+    student = tiny_config(tmp_path, name="snn", method={"name": "kd"},
+                          train={"epochs": 1, "progress": False}, teacher={"recipe": "ann.toml"})
+    train(parse_config(student))
+    other = {**student, "teacher": {"recipe": "ann.toml", "set": {"optim": {"lr": 0.01}}}}
+    with pytest.raises(SpikeguideError, match=r"differs in optim.lr\): train this one elsewhere "
+                                              r"with --set name=OTHER \(a teacher: "
+                                              r"teacher.checkpoint=DIR\)"):
+        train(parse_config({**other, "name": "snn2"}))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import os
 import signal
 import sys
 from typing import Any, Sequence
 
+from . import __version__
 from .errors import SpikeguideError, TrainingStopped
 
 
@@ -67,13 +70,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.run import train
     from .training.trainer import firing_text
 
-    if args.nproc > 1:
-        from .training.distributed import launch
-
-        argv = strip_option(strip_option(sys.argv[1:], "--nproc"), "--max-restarts")
-        launch(args.nproc, argv, args.max_restarts)
+    if args.allow_changes and not args.resume:
+        raise SpikeguideError("--allow-changes applies to --resume only")
     cfg = load_config(args.recipe, args.set + (["data.options.download=true"] if args.download else []))
-    summary = train(cfg, resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps)
+    if args.nproc != 1:
+        from .training.distributed import check_world_size, launch
+
+        # before torchrun starts: one line, not a traceback per process
+        check_world_size(cfg.data.batch_size, args.nproc)
+        argv = strip_option(strip_option(args.argv, "--nproc"), "--max-restarts")
+        return launch(args.nproc, argv, args.max_restarts)
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps,
+                    allow_changes=args.allow_changes)
     if not summary.is_main:
         return 0
     if summary.stopped is not None:
@@ -174,14 +182,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def import_modules(names: Sequence[str]) -> None:
+    """``--import``: modules that register methods, neurons, models or datasets of their own."""
+    if names and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise SpikeguideError(f"--import {name}: {e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spikeguide", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log the details (data loader, threads, teacher, resume); one line "
+                             "per epoch is printed either way")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add_set(p: argparse.ArgumentParser) -> None:
+    def add_set(p: argparse.ArgumentParser, example: str = "train.epochs=3") -> None:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field, e.g. --set train.epochs=3 (repeatable)")
+                       help=f"override a config field, e.g. --set {example} (repeatable)")
+        add_import(p)
+
+    def add_import(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                       help="import MODULE first: a method, neuron, model or dataset registered "
+                            "outside spikeguide (repeatable; the working directory is searched)")
 
     p = sub.add_parser("quickstart", help="train an ANN and an SNN on bundled digits (no data needed)")
     p.add_argument("--out", default="runs/quickstart", help="output folder (default: %(default)s)")
@@ -194,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const=True, default=False, type=resume_value,
                    metavar="auto", help="continue the run from its latest.pt; '--resume auto' "
                    "continues when the run directory holds a checkpoint and starts otherwise")
+    p.add_argument("--allow-changes", nargs="+", default=[], metavar="KEY",
+                   help="with --resume: config keys that may differ from the run's own, e.g. "
+                        "train.epochs to extend a run (any other change is refused)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run")
     p.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after N steps")
     p.add_argument("--download", action="store_true",
@@ -210,25 +241,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latest", action="store_true", help="use latest.pt instead of best.pt")
     p.add_argument("--energy-batches", type=int, default=4, metavar="N",
                    help="test batches counted for activity and energy (default: %(default)s)")
-    add_set(p)
+    add_set(p, "model.T=8")
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("export", help="write a run's SNN to a file for other tools (NIR)")
+    p = sub.add_parser("export", help="write a run's SNN to a file for other tools (NIR) or a "
+                                      "Hugging Face Hub-style folder")
     p.add_argument("run", help="a run directory or checkpoint")
-    p.add_argument("--format", default="nir", help="nir (default: %(default)s)")
-    p.add_argument("--out", required=True, help="the file to write, e.g. model.nir")
+    p.add_argument("--format", default="nir",
+                   help="nir, or hub: config, safetensors weights and a model card "
+                        "(default: %(default)s)")
+    p.add_argument("--out", required=True,
+                   help="the file (nir) or folder (hub) to write, e.g. model.nir")
     p.add_argument("--latest", action="store_true", help="use latest.pt instead of best.pt")
     p.add_argument("--dt", type=float, default=1.0,
                    help="time step of the NIR neurons (default: %(default)s; snnTorch's importer "
                         "expects 1e-4)")
     p.add_argument("--frame-shape", type=int, nargs=3, default=None, metavar=("C", "H", "W"),
                    help="input shape of one frame, for checkpoints that do not record it")
+    add_import(p)
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("report", help="plot a run's curves to PNG and print its summary")
     p.add_argument("run")
     p.add_argument("--energy-batches", type=int, default=4, metavar="N",
                    help="test batches counted for activity and energy (default: %(default)s)")
+    add_import(p)
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("diagnose", help="per-layer gradient flow and firing rates of a recipe's SNN; "
@@ -264,19 +301,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    args.argv = argv
+    # under torchrun the first process alone logs, so that each line appears once
+    verbose = args.verbose and os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(message)s", stream=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # one line per epoch, -v or not
+        logging.getLogger("spikeguide.progress").setLevel(logging.INFO)
+    else:  # every process would say the same; errors reach the launcher (training/workers.py)
+        logging.getLogger("spikeguide").setLevel(logging.ERROR)
     try:
-        return args.fn(args)
+        import_modules(args.imports)
+        code = args.fn(args)
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at exit
+        return code
     except TrainingStopped as e:
         print(f"spikeguide: {e}", file=sys.stderr)
         return 128 + e.signum
     except SpikeguideError as e:
-        print(f"spikeguide: error: {e}", file=sys.stderr)
+        from .training.workers import report_worker_error
+
+        if not report_worker_error(str(e)):
+            print(f"spikeguide: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
+    except BrokenPipeError:  # the reader went away (spikeguide eval RUN | head -3)
+        # Python would report the broken pipe again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

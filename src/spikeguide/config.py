@@ -1,7 +1,8 @@
 """Run configuration: dataclasses read from TOML recipes, validated with one-line errors.
 
 A recipe is a TOML file whose tables mirror :class:`Config`. ``--set key=value`` overrides any
-field (``--set train.epochs=3 --set method.tau=4``). An unknown key or a value of the wrong type
+field (``--set train.epochs=3 --set method.tau=4``); an empty value unsets a field
+(``--set teacher.recipe=``). An unknown key or a value of the wrong type
 is a :class:`SpikeguideError` that names the key. The ``[method]`` table holds ``name`` plus the
 options of that method, validated against the method's own ``Options`` dataclass.
 """
@@ -163,6 +164,8 @@ class TeacherConfig:
     init_student: bool = False  # initialize the SNN with the teacher's weights
     # with train.time_budget: the share of it the teacher recipe trains in (the student the rest)
     budget_share: float | None = None
+    # overrides of the teacher recipe, as --set takes them: teacher.set.train.epochs=1
+    set: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -300,7 +303,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise SpikeguideError(f"--set {key}: {part!r} is not a table")
-        node[leaf] = parse_value(text.strip())
+        if text.strip():
+            node[leaf] = parse_value(text.strip())
+        else:  # key= unsets the field: its default applies
+            node.pop(leaf, None)
     return data
 
 

@@ -32,7 +32,8 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             close = difflib.get_close_matches(name, self._entries, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = (f" (did you mean {close[0]!r}?)" if close else
+                    " (one registered in your own module: pass --import MODULE)")
             raise SpikeguideError(
                 f"unknown {self.kind} {name!r}{hint}; known: {', '.join(sorted(self._entries))}"
             ) from None

@@ -102,7 +102,7 @@ def locate(root, fmt: CifarFormat, dataset: str, download: bool) -> Path:
     names = (*fmt.splits["train"], *fmt.splits["test"], fmt.meta)
     expected = f"<root>/{fmt.folder}/{{{','.join(names)}}}"
     if root is None:
-        raise missing_data(dataset, "(no root given)", expected, fmt.url, download=True)
+        raise missing_data(dataset, None, expected, fmt.url, download=True)
     root = Path(root).expanduser()
     for attempt in range(2):
         for folder in (root / fmt.folder, root):

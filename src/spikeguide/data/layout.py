@@ -24,8 +24,11 @@ def natural_key(name: str) -> tuple:
 def missing_data(dataset: str, root, expected: str, source: str, download: bool) -> SpikeguideError:
     """The error for absent data: the layout expected, where the files come from, --download."""
     fetch = " or pass --download (option download=true) to fetch and verify them" if download else ""
+    where = "data.root (not set)" if root is None else f"data.root {str(root)!r}"
+    if root is not None and not Path(root).is_absolute():
+        where += f" (relative to the working directory {str(Path.cwd())!r})"
     return SpikeguideError(
-        f"{dataset}: no data found at {root}; expected {expected}. "
+        f"{dataset}: no data found at {where}; expected {expected}. "
         f"Get the official files from {source}{fetch}"
     )
 
@@ -34,7 +37,7 @@ def find_dir(root, names: tuple[str, ...], dataset: str, expected: str, source: 
              download: bool = False) -> Path:
     """The first of ``root/name`` for ``name`` in ``names`` ("" means root itself) that exists."""
     if root is None:
-        raise missing_data(dataset, "(no root given)", expected, source, download)
+        raise missing_data(dataset, None, expected, source, download)
     root = Path(root).expanduser()
     for name in names:
         if (root / name).is_dir():

@@ -79,7 +79,7 @@ def mnist(root, split: str, *, prefix: str = "", classes: list[str] | None = Non
             "mnist: download fetches MNIST only; drop the prefix option or download=true"
         )
     if root is None:
-        raise missing_data("mnist", "(no root given)", expected, URL, download=not prefix)
+        raise missing_data("mnist", None, expected, URL, download=not prefix)
     root = Path(root).expanduser()
     paths = [find_file(root, n) for n in names]
     if None in paths and download:

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..config import Config, apply_overrides, parse_config
+from ..config import Config, MethodConfig, apply_overrides, parse_config
 from ..data import Dataset, ImageFiles, choose_loader, open_dataset
 from ..data.base import hold_out
 from ..errors import SpikeguideError
@@ -106,15 +106,27 @@ def build_model(cfg: Config, num_classes: int, in_channels: int, spiking: bool) 
                         fuse_bn=n.fuse_bn, **m.options)
 
 
+def run_config(raw: dict, ckpt: dict[str, Any]) -> tuple[Config, bool]:
+    """A checkpoint's config, and whether its model spikes. The training method is not needed
+    where the checkpoint records the latter: a run of a method registered outside the package
+    is rebuilt without it (its config then keeps the method's name, not its options)."""
+    name = raw.get("method", {}).get("name", "bptt")
+    if name in METHODS or "spiking" not in ckpt:
+        cfg = parse_config(raw)
+        return cfg, ckpt.get("spiking", METHODS.get(cfg.method.name).spiking_student)
+    cfg = parse_config({**raw, "method": {"name": "bptt"}})
+    cfg.method = MethodConfig(name, None)
+    return cfg, ckpt["spiking"]
+
+
 def load_model(path: str, prefer: str = "best", overrides: Sequence[str] = ()
                ) -> tuple[SpikingNet, Config, dict[str, Any]]:
     """Rebuild a run's model from its checkpoint (a file or a run directory), from the run's
     config with the ``key=value`` ``overrides`` applied (they must leave the weights' shapes
     as they are)."""
     ckpt = load_checkpoint(find_checkpoint(path, prefer))
-    cfg = parse_config(apply_overrides(copy.deepcopy(ckpt["config"]), list(overrides)))
-    method = METHODS.get(cfg.method.name)
+    cfg, spiking = run_config(apply_overrides(copy.deepcopy(ckpt["config"]), list(overrides)), ckpt)
     info = ckpt["data"]
-    model = build_model(cfg, info["num_classes"], info["in_channels"], method.spiking_student)
+    model = build_model(cfg, info["num_classes"], info["in_channels"], spiking)
     model.load_state_dict(checked_weights(model, ckpt["model"], str(path)))
     return model, cfg, ckpt

@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import NoReturn, Sequence
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from ..errors import SpikeguideError
+from .workers import run_workers
 
 
 @dataclass(frozen=True)
@@ -151,17 +152,21 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
 RESTARTABLE_RENDEZVOUS = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
-def launch(nproc: int, argv: Sequence[str], max_restarts: int = 0) -> NoReturn:
-    """Replace this process by torchrun running this command in ``nproc`` processes on this
-    machine (so that a SIGTERM sent to this process, by a batch system say, reaches torchrun and
-    through it the workers); a failed process group is restarted up to ``max_restarts`` times
-    (``training/resume.py``)."""
+def check_world_size(batch_size: int, nproc: int) -> None:
+    """What ``nproc`` processes need of ``data.batch_size``; the launcher checks it before they
+    start."""
     if nproc < 1:
         raise SpikeguideError(f"--nproc must be >= 1, got {nproc}")
+    if batch_size % nproc:
+        raise SpikeguideError(f"data.batch_size {batch_size} must be divisible by "
+                              f"the {nproc} processes")
+
+
+def launch(nproc: int, argv: Sequence[str], max_restarts: int = 0) -> int:
+    """Re-run this command under torchrun with ``nproc`` processes on this machine; a failed
+    process group is restarted up to ``max_restarts`` times (``training/resume.py``)."""
     if max_restarts < 0:
         raise SpikeguideError(f"--max-restarts must be >= 0, got {max_restarts}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", f"--max-restarts={max_restarts}", "-m", "spikeguide", *argv]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, cmd, {**RESTARTABLE_RENDEZVOUS, **os.environ})
+    return run_workers(cmd, RESTARTABLE_RENDEZVOUS)

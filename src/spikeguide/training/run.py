@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import replace
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from ..config import Config, parse_config, read_toml, to_dict
+from ..config import Config, read_toml
 from ..data import Dataset
 from ..errors import SpikeguideError, TrainingStopped
 from ..methods import METHODS, Method
@@ -22,6 +22,7 @@ from ..models import checked_weights, load_twin_weights
 from ..neurons.kernels import empty_cache
 from .build import build_model, build_run_datasets
 from .checkpoint import LATEST, UnreadableCheckpoint, load_checkpoint
+from .configdiff import check_resume_config, config_differences
 from .distributed import (
     DistInfo,
     barrier,
@@ -31,7 +32,7 @@ from .distributed import (
     resolve_device,
 )
 from .resume import Resume, after_restart, has_checkpoint, read_resume_point, wants_resume
-from .teacher import prepare_teacher, recorded_teacher_top1, teacher_config
+from .teacher import followed_data, prepare_teacher, recorded_teacher_top1, teacher_config
 from .threads import set_threads
 from .trainer import Trainer, TrainSummary
 
@@ -47,7 +48,8 @@ def build_method(cfg: Config, train_set: Dataset, test_set: Dataset | None = Non
     student = build_model(cfg, train_set.num_classes, train_set.in_channels,
                           method_cls.spiking_student)
     guided = method_cls.teacher_needed(cfg.method.options)
-    teacher = prepare_teacher(cfg, student, test_set, teacher_record) if uses_teacher(cfg) else None
+    teacher = (prepare_teacher(cfg, student, test_set, teacher_record, train_set.frame_shape)
+               if uses_teacher(cfg) else None)
     if cfg.teacher.init_student:
         load_twin_weights(student, teacher.state_dict(), f"teacher {cfg.teacher.checkpoint}")
         log.info("student initialized from teacher %s", cfg.teacher.checkpoint)
@@ -64,8 +66,9 @@ def prepare_run_dir(cfg: Config, resume: Resume, overwrite: bool, dist: DistInfo
     if has_checkpoint(run_dir) and not resume:
         if not overwrite:
             raise SpikeguideError(
-                f"run directory {str(run_dir)!r} already holds a run: pass --resume to continue "
-                "it, --overwrite to start over, or --set name=OTHER"
+                f"run directory {str(run_dir)!r} already holds a run: pass --resume "
+                "(Python: resume=True) to continue it, --overwrite (overwrite=True) to start over, "
+                "or --set name=OTHER"
             )
         if dist.is_main:
             shutil.rmtree(run_dir)
@@ -75,7 +78,7 @@ def prepare_run_dir(cfg: Config, resume: Resume, overwrite: bool, dist: DistInfo
 
 def train(cfg: Config, *, resume: Resume = False, overwrite: bool = False,
           max_steps: int | None = None, teacher_record: dict[str, Any] | None = None,
-          threads_share: int | None = None) -> TrainSummary:
+          threads_share: int | None = None, allow_changes: Sequence[str] = ()) -> TrainSummary:
     """Train the run ``cfg`` describes. Sets torch's thread count for this process
     (``training/threads.py``).
 
@@ -86,6 +89,9 @@ def train(cfg: Config, *, resume: Resume = False, overwrite: bool = False,
     one (``ablate --jobs``); ``train.threads``, ``OMP_NUM_THREADS`` and a resumed run's own count
     come first.
 
+    ``resume`` refuses a config that differs from the run's own in keys not in
+    ``allow_changes`` (``["train.epochs"]`` extends a run).
+
     Under torchrun every process calls this; each checks the run directory, rank 0 alone
     removes an overwritten one.
     """
@@ -93,8 +99,12 @@ def train(cfg: Config, *, resume: Resume = False, overwrite: bool = False,
     dist = init_distributed(device)
     device = local_device(device, dist)
     resume = prepare_run_dir(cfg, *after_restart(resume, overwrite, dist), dist)
-    ensure_teacher(cfg)
     start = read_resume_point(cfg.run_dir, device, dist) if resume else None
+    if start is not None:
+        changed = check_resume_config(start.state["config"], cfg, allow_changes)
+        if changed:
+            log.warning("resuming %s with changed %s", cfg.run_dir, ", ".join(changed))
+    ensure_teacher(cfg)
     # after the teacher's run, which chose its own; a resumed run keeps the count it trained with
     set_threads(cfg.train.threads, start.state.get("threads") if start else None, threads_share)
     if not dist.is_main:  # rank 0 decodes and caches the data first, the others then read it
@@ -111,7 +121,7 @@ def train(cfg: Config, *, resume: Resume = False, overwrite: bool = False,
     if start is not None:
         checked_weights(method.student, start.state["model"], str(start.path))
         trainer.load_state_dict(start.state)
-        log.info("resumed %s at epoch %d step %d", cfg.run_dir, trainer.epoch, trainer.step)
+        log.info("resumed %s at epoch %d step %d", cfg.run_dir, trainer.epoch + 1, trainer.step)
     summary = trainer.fit(max_steps=max_steps)
     empty_cache()  # the neuron kernels' pooled buffers are sized for this run's model
     # rank 0 writes the last checkpoint; no process may read the run (a teacher trained first, say)
@@ -125,30 +135,19 @@ def train(cfg: Config, *, resume: Resume = False, overwrite: bool = False,
 # --------------------------------------------------------------------------------------------
 
 
-def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def check_same_config(cfg: Config) -> None:
     """A run directory that already holds a run must hold a run of ``cfg``: reusing or resuming
     a run of another config would mix results silently."""
     path = cfg.run_dir / "config.toml"
     if not path.is_file():
         return
-    # both resolved, so a field added to the config since that run compares by its default
-    stored, wanted = (flatten(to_dict(c)) for c in (parse_config(read_toml(path)), cfg))
-    differ = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
+    differ = config_differences(read_toml(path), cfg)
     if differ:
         raise SpikeguideError(
             f"{str(cfg.run_dir)!r} holds a run of another config (it differs in "
-            f"{', '.join(differ[:5])}); delete that folder to train it again, or choose another "
-            "output folder"
+            f"{', '.join(differ[:5])}{', ...' if len(differ) > 5 else ''}): train this one "
+            "elsewhere with --set name=OTHER (a teacher: teacher.checkpoint=DIR), or delete that "
+            "folder if its run is no longer wanted"
         )
 
 
@@ -192,5 +191,14 @@ def ensure_teacher(cfg: Config) -> None:
     """Train the teacher recipe ``cfg`` names first, when the run uses its teacher and the recipe
     is not trained yet."""
     tcfg = teacher_config(cfg) if uses_teacher(cfg) else None
-    if tcfg is not None and ensure_trained(tcfg):
+    if tcfg is None:
+        return
+    for key, value in followed_data(cfg).items():
+        log.warning("teacher %s: data.%s = %r follows the student (teacher.set.data.%s chooses "
+                    "otherwise)", cfg.teacher.recipe, key, value, key)
+    if not is_finished(tcfg):
+        log.warning("training the teacher recipe %s into %s first%s", cfg.teacher.recipe,
+                    tcfg.run_dir, "" if tcfg.run_dir.exists() else
+                    " (teacher.checkpoint does not exist yet)" if cfg.teacher.checkpoint else "")
+    if ensure_trained(tcfg):
         log.info("trained the teacher recipe %s into %s", cfg.teacher.recipe, tcfg.run_dir)

@@ -90,6 +90,12 @@ class RunLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(line) + "\n")
 
+    def write_step(self, global_step: int, loss: float, lr: float) -> None:
+        """TensorBoard step curves: ``step/loss`` (the mean since the last point) and ``step/lr``;
+        flushed with the epoch's scalars."""
+        self.writer.add_scalar("step/loss", loss, global_step)
+        self.writer.add_scalar("step/lr", lr, global_step)
+
     def close(self) -> None:
         self.writer.close()
 

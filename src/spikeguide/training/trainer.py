@@ -35,7 +35,13 @@ from .budget import EpochCost, TimeBudget, run_seconds
 from .checkpoint import FORMAT, PREVIOUS, save_checkpoint
 from .compile import compile_engine
 from .cudagraph import GraphedStep, use_cuda_graph
-from .distributed import AMP_DTYPES, DistInfo, all_reduce_sum, convert_sync_batchnorm
+from .distributed import (
+    AMP_DTYPES,
+    DistInfo,
+    all_reduce_sum,
+    check_world_size,
+    convert_sync_batchnorm,
+)
 from .meter import Reading, StepMeter
 from .nonfinite import NonFiniteCounts, NonFiniteLoss, nonfinite_error
 from .optim import build_optimizer, lr_factor
@@ -44,6 +50,8 @@ from .runlog import EpochRecord, RunLog, read_metrics
 from .scoring import Scores, score_model
 
 log = logging.getLogger("spikeguide")
+# one line per epoch; the CLI shows it without -v (cli.py)
+progress_log = logging.getLogger("spikeguide.progress")
 
 @dataclass(frozen=True)
 class StoppedAt:
@@ -81,9 +89,7 @@ class Trainer:
         self.cfg = cfg
         self.device = device
         self.dist = dist
-        if cfg.data.batch_size % dist.world_size:
-            raise SpikeguideError(f"data.batch_size {cfg.data.batch_size} must be divisible by "
-                                  f"the {dist.world_size} processes")
+        check_world_size(cfg.data.batch_size, dist.world_size)
         if cfg.train.amp == "fp16" and device.type != "cuda":
             raise SpikeguideError("train.amp = 'fp16' needs CUDA; use 'bf16' on CPU")
         if cfg.train.sync_batchnorm and dist.enabled:
@@ -140,6 +146,8 @@ class Trainer:
         self.meter = StepMeter(device)
         self.nonfinite = NonFiniteCounts()  # what train.on_nonfinite has done (training/nonfinite.py)
         self.stop_signal: int | None = None
+        self.log: RunLog | None = None  # the first process's, while fit runs
+        self.trained_lr = cfg.optim.lr
         # training seconds of earlier processes of this run (resumed) and when this fit began:
         # the log's elapsed_s counts the whole run, not one process
         self.elapsed_before = 0.0
@@ -152,6 +160,7 @@ class Trainer:
             "format": FORMAT,
             "config": to_dict(self.cfg),
             "data": self.data_info,
+            "spiking": self.method.student.spiking,  # rebuilding the model needs no method
             "model": self.method.student.state_dict(),
             "method": self.method.own_state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -214,6 +223,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(mix_seed(self.cfg.train.seed, self.epoch, self.step))
         x = self.augment(x, gen, shard=(self.dist.rank, self.dist.world_size))
         (self.graphed or self._device_step)(x, y)
+        self.trained_lr = self.optimizer.param_groups[0]["lr"]  # the lr of this step, for the log
         self.scheduler.step()
         self.meter.seen += len(y)
         self.step += 1
@@ -248,9 +258,12 @@ class Trainer:
                             "seen": reading.seen}
         if reading.seen > before["seen"]:
             seen = reading.seen - before["seen"]
+            loss = (reading.loss_sum - before["loss"]) / seen
             log.debug("epoch %d step %d: train loss %.4f top1 %.2f over the last %d samples",
-                      self.epoch + 1, self.step, (reading.loss_sum - before["loss"]) / seen,
+                      self.epoch + 1, self.step, loss,
                       100 * (reading.correct - before["correct"]) / seen, seen)
+            if self.log is not None:  # TensorBoard's step curves: a point at every read
+                self.log.write_step(self.global_step, loss, self.trained_lr)
         return reading
 
     def _finite_everywhere(self, loss: torch.Tensor) -> bool:
@@ -462,9 +475,10 @@ class Trainer:
         if improved:
             self.save("best")
         self.save("latest")
-        log.info("epoch %d: train loss %.4f top1 %.2f | %s top1 %.2f (best %.2f)%s | firing %s",
-                 self.epoch, record.train_loss, record.train_top1, "test" if val is None else "val",
-                 scores.top1, self.best_top1,
-                 f" | test top1 {test.top1:.2f}" if val is not None and test is not None else "",
-                 firing_text(scores.firing_rate))
+        progress_log.info("%s epoch %d/%d: train loss %.4f top1 %.2f | %s top1 %.2f (best %.2f)%s "
+                          "| firing %s", self.cfg.name, self.epoch, self.epochs, record.train_loss,
+                          record.train_top1, "test" if val is None else "val", scores.top1,
+                          self.best_top1,
+                          f" | test top1 {test.top1:.2f}" if val is not None and test is not None
+                          else "", firing_text(scores.firing_rate))
         return record

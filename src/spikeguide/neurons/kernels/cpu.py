@@ -6,6 +6,7 @@ version (cached under ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_ext
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -19,7 +20,15 @@ SURROGATE_IDS = {Rectangle: 0, Triangle: 1, Sigmoid: 2, ATan: 3, FastSigmoid: 4}
 DTYPES = (torch.float32, torch.float64)
 
 
+SOURCE = Path(__file__).with_name("lif_cpu.cpp")
+log = logging.getLogger("spikeguide")
 _BUILT: tuple | None = None  # (extension or None, error or None), once built or failed
+
+
+def needs_build(build_dir: Path) -> bool:
+    """Whether the extension has no build in ``build_dir`` newer than its source."""
+    built = build_dir / "spikeguide_lif_cpu.so"
+    return not built.is_file() or built.stat().st_mtime < SOURCE.stat().st_mtime
 
 
 def _build():
@@ -34,9 +43,13 @@ def _load():
     from torch.utils import cpp_extension
 
     try:
+        build_dir = Path(cpp_extension._get_build_directory("spikeguide_lif_cpu", verbose=False))
+        if needs_build(build_dir):  # said once: _build is cached
+            log.warning("building the C++ LIF kernel (once per machine; about a minute; cached "
+                        "in %s)", build_dir)
         return cpp_extension.load(
             name="spikeguide_lif_cpu",
-            sources=[str(Path(__file__).with_name("lif_cpu.cpp"))],
+            sources=[str(SOURCE)],
             # no fused multiply-add (exact membranes); -fno-trapping-math lets GCC turn the
             # kernels' comparisons into vector selects (floating-point exception flags only: no
             # value changes)
