@@ -64,14 +64,15 @@ def read_teacher_recipe(cfg: Config) -> dict:
 
 def followed_data(cfg: Config) -> dict[str, Any]:
     """The ``data`` fields of the student that its teacher recipe takes instead of its own (its
-    data folder and subsets, when both use the same dataset and ``teacher.set`` does not choose
+    data folder, subsets and validation split, when both use the same dataset and ``teacher.set`` does not choose
     them): the teacher is trained on the student's data. None: the field is unset."""
     raw = read_teacher_recipe(cfg).get("data", {})
     if raw.get("name", DataConfig.name) != cfg.data.name:
         return {}
     chosen = cfg.teacher.set.get("data", {})
     return {key: getattr(cfg.data, key) for key in FOLLOWED_DATA
-            if key not in chosen and raw.get(key) != getattr(cfg.data, key)}
+            if key not in chosen
+            and raw.get(key, getattr(DataConfig, key, None)) != getattr(cfg.data, key)}
 
 
 def teacher_config(cfg: Config) -> Config | None:
