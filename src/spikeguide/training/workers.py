@@ -28,6 +28,9 @@ ERROR_FILE_ENV = "SPIKEGUIDE_ERROR_FILE"
 TORCHRUN_LINE = re.compile(r"^[EWI]\d{4} \d\d:\d\d:\d\d")
 TORCHRUN_FAILURE = re.compile(r"^E\d{4} .*failed \(exitcode")
 WORKER_TRACEBACK = re.compile(r"^\[rank\d+\]:")
+# a failed group torchrun restarts (--max-restarts): what was held back of it is dropped, and
+# the new group's output passes as before
+TORCHRUN_RESTART = re.compile(r"will restart worker group")
 
 
 def report_worker_error(message: str) -> bool:
@@ -58,6 +61,9 @@ def run_workers(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> int
             while True:
                 try:
                     for line in proc.stderr:
+                        if TORCHRUN_RESTART.search(line):
+                            failed, held = False, []
+                            continue
                         failed = failed or bool(TORCHRUN_FAILURE.match(line))
                         if (failed or interrupted or TORCHRUN_LINE.match(line)
                                 or WORKER_TRACEBACK.match(line)):
