@@ -33,7 +33,8 @@ from ..errors import SpikeguideError
 from ..methods import Method
 from .checkpoint import FORMAT, save_checkpoint
 from .cudagraph import GraphedStep, use_cuda_graph
-from .distributed import AMP_DTYPES, DistInfo, all_reduce_sum, convert_sync_batchnorm
+from .distributed import (AMP_DTYPES, DistInfo, all_reduce_sum, any_process,
+                          convert_sync_batchnorm, host_group)
 from .meter import Reading, StepMeter
 from .optim import build_optimizer, lr_factor
 from .runlog import EpochRecord, RunLog, read_metrics
@@ -122,6 +123,7 @@ class Trainer:
         self.epoch_stats = {"loss": 0.0, "correct": 0, "seen": 0}  # as of the meter's last read
         self.meter = StepMeter(device)
         self.stop_signal: int | None = None
+        self.stop_group = host_group(dist)
         # training seconds of earlier processes of this run (resumed) and when this fit began:
         # the log's elapsed_s counts the whole run, not one process
         self.elapsed_before = 0.0
@@ -209,10 +211,10 @@ class Trainer:
         self.scaler.update()
         self.meter.add(loss, logits, y)
 
-    def _read(self, stop: bool = False) -> Reading:
+    def _read(self) -> Reading:
         """Wait for the device and read the meter (summed over processes); a non-finite loss
         since the last read stops the run here, before anything is saved."""
-        reading = self.meter.read(self.step, self.dist, stop)
+        reading = self.meter.read(self.step, self.dist)
         if reading.nonfinite_at is not None:
             value = ("not finite on another process" if reading.nonfinite_loss is None
                      else reading.nonfinite_loss)
@@ -233,12 +235,11 @@ class Trainer:
 
     def _should_stop(self, max_steps: int | None) -> bool:
         """After a step: whether to stop (a signal, ``max_steps``); reads the meter every
-        ``train.log_every`` steps. Processes agree on a signal at those reads."""
-        signalled = self.stop_signal is not None
+        ``train.log_every`` steps."""
         if self.global_step % self.cfg.train.log_every == 0 or self.global_step == max_steps:
-            signalled = self._read(stop=signalled).stop
-        elif self.dist.enabled:
-            signalled = False
+            self._read()
+        # a signal to any process stops all after this step; the all-reduce runs on the host
+        signalled = any_process(self.stop_signal is not None, self.dist, self.stop_group)
         return signalled or self.global_step == max_steps
 
     @contextmanager
