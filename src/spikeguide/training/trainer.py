@@ -228,9 +228,9 @@ class Trainer:
                             "seen": reading.seen}
         if reading.seen > before["seen"]:
             seen = reading.seen - before["seen"]
-            log.debug("epoch %d step %d: train loss %.4f top1 %.2f over the last %d samples",
-                      self.epoch + 1, self.step, (reading.loss_sum - before["loss"]) / seen,
-                      100 * (reading.correct - before["correct"]) / seen, seen)
+            log.info("epoch %d step %d: train loss %.4f top1 %.2f over the last %d samples",
+                     self.epoch + 1, self.step, (reading.loss_sum - before["loss"]) / seen,
+                     100 * (reading.correct - before["correct"]) / seen, seen)
         return reading
 
     def _should_stop(self, max_steps: int | None) -> bool:
