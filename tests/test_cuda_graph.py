@@ -87,3 +87,38 @@ def test_true_on_cpu_stops_the_cli_with_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("spikeguide: error: train.cuda_graph = true needs a CUDA "
                                    "device; this run trains on cpu: set it to auto or false")
+
+
+def test_the_optimizer_reading_its_lr_from_a_tensor_follows_the_schedule():
+    """The part of GraphedStep that runs without CUDA: fused SGD reading the learning rate from
+    a tensor refilled from the host schedule steps like the plain optimizer."""
+    from spikeguide.training.cudagraph import GraphedStep
+
+    torch.manual_seed(0)
+    plain, graphed = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    graphed.load_state_dict(plain.state_dict())
+    start = plain.weight.detach().clone()
+    runs = []
+    for model in (plain, graphed):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        runs.append((model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 / (s + 1))))
+    step = GraphedStep(lambda x, y: None, runs[1][1])
+    step._make_capturable(torch.device("cpu"))
+    x = torch.rand(8, 4)
+    for _ in range(3):
+        for model, opt, schedule in runs:
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            if opt is runs[1][1]:
+                with step._tensor_lr():
+                    assert torch.is_tensor(opt.param_groups[0]["lr"])
+                    opt.step()
+            else:
+                opt.step()
+            schedule.step()
+    assert isinstance(runs[1][1].param_groups[0]["lr"], float)  # the schedule sees numbers
+    assert runs[1][1].param_groups[0]["fused"]
+    assert float(step.lr[0]) == pytest.approx(0.1 / 3)  # the last step's rate
+    for p, q in zip(plain.parameters(), graphed.parameters()):
+        assert torch.allclose(p, q, atol=1e-7)
+    assert not torch.allclose(start, graphed.weight, atol=1e-3)  # it did train

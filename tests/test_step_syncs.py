@@ -108,12 +108,12 @@ def test_meter_sums_and_finds_the_first_non_finite_step():
         assert bool(meter.step_finite)
     reading = meter.read(step=12, info=DistInfo())
     assert (reading.loss_sum, reading.correct, reading.seen) == (1.5 + 3 * 0.75, 3 + 4, 4 + 6)
-    assert reading.nonfinite_at is None and not reading.stop
+    assert reading.nonfinite_at is None
     for loss in (1.0, math.inf, math.nan, 2.0):
         meter.add(torch.tensor(loss), logits, y)
     assert bool(meter.step_finite)  # the last step's own flag
-    reading = meter.read(step=16, info=DistInfo(), stop=True)
-    assert reading.nonfinite_at == 13 and reading.nonfinite_loss == math.inf and reading.stop
+    reading = meter.read(step=16, info=DistInfo())
+    assert reading.nonfinite_at == 13 and reading.nonfinite_loss == math.inf
     meter.add(torch.tensor(1.0), logits, y)
     assert meter.read(step=17, info=DistInfo()).nonfinite_at is None  # a new interval
 

@@ -51,9 +51,11 @@ def graph_blocker(cfg: Config, device: torch.device, model: nn.Module, dist: Dis
         if (is_spiking(m) and m.backend != "torch" and not missing_piece(type(m), "kernel_spec")
                 and isinstance(m.kernel_spec()[0], torch.Tensor)):
             return (f"the neuron {name} ({type(m).__name__}) hands its learnable decay to the "
-                    "fused kernels as a number read on the host (neuron.backend = 'torch' avoids it)")
+                    "fused kernels as a number read on the host (neuron.backend = 'torch' "
+                    "avoids it)")
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is None:
-            return f"the batch norm {name} has momentum None (torch reads its batch count on the host)"
+            return (f"the batch norm {name} has momentum None (torch reads its batch count on "
+                    "the host)")
     return None
 
 

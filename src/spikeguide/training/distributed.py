@@ -89,6 +89,24 @@ def all_reduce_sum(values: Sequence[float], info: DistInfo) -> list[float]:
     return t.tolist()
 
 
+def host_group(info: DistInfo) -> dist.ProcessGroup | None:
+    """A process group for small host-side values (a stop request): the default group under gloo,
+    a gloo group beside NCCL, whose collectives run on the GPU and are read back with a wait."""
+    if not info.enabled or dist.get_backend() == "gloo":
+        return None
+    return dist.new_group(backend="gloo")
+
+
+def any_process(flag: bool, info: DistInfo, group: dist.ProcessGroup | None) -> bool:
+    """Whether ``flag`` is set in any process: an all-reduce through ``group`` (a
+    :func:`host_group`, so that it never waits for a GPU)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor(float(flag))
+    dist.all_reduce(t, group=group)
+    return bool(t)
+
+
 class _AllReduceSum(torch.autograd.Function):
     """Sum over processes; the gradient of a sum is the sum of the gradients."""
 

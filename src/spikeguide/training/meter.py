@@ -33,7 +33,6 @@ class Reading:
     loss_sum: float  # sum over the epoch's samples so far of the batch loss
     correct: int
     seen: int
-    stop: bool  # some process asked to stop (a signal)
     nonfinite_at: int | None  # the epoch step of the first non-finite loss since the last read
     nonfinite_loss: float | None  # its value (None if another process saw it first)
 
@@ -49,7 +48,8 @@ class StepMeter:
         self.seen = 0  # batch sizes are known on the host: the caller counts them
         self.step_finite = torch.ones((), dtype=torch.bool, device=device)
         self._all_finite = torch.ones((), dtype=torch.bool, device=device)  # since the last read
-        self._finite_steps = torch.zeros((), dtype=torch.int64, device=device)  # before the first bad
+        # steps since the last read before the first non-finite loss
+        self._finite_steps = torch.zeros((), dtype=torch.int64, device=device)
         self._bad_loss = torch.zeros((), dtype=torch.float32, device=device)
         self._first_step = 0  # the epoch step at the last read
 
@@ -80,12 +80,11 @@ class StepMeter:
         self.loss_sum.add_(loss.double() * len(y))
         self.correct.add_((logits.argmax(1) == y).sum())
 
-    def read(self, step: int, info: DistInfo, stop: bool = False) -> Reading:
+    def read(self, step: int, info: DistInfo) -> Reading:
         """The sums over processes and the finite check since the last read (the host waits for
         the device here); the next interval starts at epoch step ``step``."""
-        totals = torch.stack([self.loss_sum, self.correct.double(),
-                              torch.tensor(float(self.seen), dtype=torch.float64, device=self.device),
-                              torch.tensor(float(stop), dtype=torch.float64, device=self.device)])
+        seen = torch.tensor(float(self.seen), dtype=torch.float64, device=self.device)
+        totals = torch.stack([self.loss_sum, self.correct.double(), seen])
         finite_steps = self._finite_steps.clone()
         if info.enabled:
             dist.all_reduce(totals)
@@ -93,11 +92,11 @@ class StepMeter:
         values = torch.cat([totals, finite_steps.double().view(1),
                             self._finite_steps.double().view(1),
                             self._bad_loss.double().view(1)]).tolist()
-        loss_sum, correct, seen, stops, first_ok, local_ok, bad_loss = values
+        loss_sum, correct, seen, first_ok, local_ok, bad_loss = values
         steps = step - self._first_step
         nonfinite_at = None
         if first_ok < steps:
             nonfinite_at = self._first_step + int(first_ok)
         self._restart_interval(step)
-        return Reading(loss_sum, int(correct), int(seen), stops > 0, nonfinite_at,
+        return Reading(loss_sum, int(correct), int(seen), nonfinite_at,
                        bad_loss if nonfinite_at is not None and local_ok == first_ok else None)

@@ -39,8 +39,10 @@ from .distributed import (
     AMP_DTYPES,
     DistInfo,
     all_reduce_sum,
+    any_process,
     check_world_size,
     convert_sync_batchnorm,
+    host_group,
 )
 from .meter import Reading, StepMeter
 from .nonfinite import NonFiniteCounts, NonFiniteLoss, nonfinite_error
@@ -148,6 +150,7 @@ class Trainer:
         self.stop_signal: int | None = None
         self.log: RunLog | None = None  # the first process's, while fit runs
         self.trained_lr = cfg.optim.lr
+        self.stop_group = host_group(dist)
         # training seconds of earlier processes of this run (resumed) and when this fit began:
         # the log's elapsed_s counts the whole run, not one process
         self.elapsed_before = 0.0
@@ -246,10 +249,10 @@ class Trainer:
         self.scaler.update()
         self.meter.add(loss, logits, y)
 
-    def _read(self, stop: bool = False) -> Reading:
+    def _read(self) -> Reading:
         """Wait for the device and read the meter (summed over processes); a non-finite loss
         since the last read stops the run here, before anything is saved."""
-        reading = self.meter.read(self.step, self.dist, stop)
+        reading = self.meter.read(self.step, self.dist)
         if reading.nonfinite_at is not None:
             raise nonfinite_error(reading.nonfinite_loss, self.epoch, reading.nonfinite_at,
                                   str(self.run_dir))
@@ -259,7 +262,7 @@ class Trainer:
         if reading.seen > before["seen"]:
             seen = reading.seen - before["seen"]
             loss = (reading.loss_sum - before["loss"]) / seen
-            log.debug("epoch %d step %d: train loss %.4f top1 %.2f over the last %d samples",
+            log.info("epoch %d step %d: train loss %.4f top1 %.2f over the last %d samples",
                       self.epoch + 1, self.step, loss,
                       100 * (reading.correct - before["correct"]) / seen, seen)
             if self.log is not None:  # TensorBoard's step curves: a point at every read
@@ -323,14 +326,13 @@ class Trainer:
 
     def _should_stop(self, max_steps: int | None) -> bool:
         """After a step: whether to stop (a signal, ``max_steps``, the time budget's deadline);
-        reads the meter every ``train.log_every`` steps. Processes agree on a signal or the
-        deadline at those reads."""
-        asked = self.stop_signal is not None or (self.budget is not None and self.budget.expired())
+        reads the meter every ``train.log_every`` steps."""
         if self.global_step % self.cfg.train.log_every == 0 or self.global_step == max_steps:
-            asked = self._read(stop=asked).stop
-        elif self.dist.enabled:
-            asked = False
-        return asked or self.global_step == max_steps
+            self._read()
+        # a signal to any process, or the deadline, stops all after this step; the all-reduce
+        # runs on the host
+        asked = self.stop_signal is not None or (self.budget is not None and self.budget.expired())
+        return any_process(asked, self.dist, self.stop_group) or self.global_step == max_steps
 
     def _deadline_stop(self, max_steps: int | None) -> bool:
         """Whether a stop :meth:`_should_stop` asked for is the budget's deadline (no signal
