@@ -113,7 +113,7 @@ def test_smoke_memory_pipeline_and_training_figures(smoke):
     assert set(profiled) == {"ratebp", "hybrid", "bptt"}
     for method, top in profiled.items():
         assert len(top) == 12 and top[0]["self_ms"] >= top[-1]["self_ms"] > 0
-    assert any("spikeguide::lif_record" in row["name"] for row in profiled["ratebp"])
+    assert any("convolution" in row["name"] for row in profiled["ratebp"])
     pipeline = doc["sections"]["pipeline"]
     assert pipeline["data"]["memory_img_s"] > 0 and pipeline["data"]["stream_img_s"] > 0
     runs = doc["sections"]["training"]["data"]["runs"]
