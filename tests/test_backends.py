@@ -82,11 +82,22 @@ class Cubic(Surrogate):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_custom_surrogate(backend):
+def test_custom_surrogate(backend, monkeypatch):
+    monkeypatch.setitem(SURROGATES._entries, "cubic", Cubic)  # the kernels find it by name
     x, g = inputs(3)
     for reset in ("soft", "hard"):
-        assert_match(PLIF(0.7, reset=reset, surrogate=Cubic(0.8), backend="torch"),
-                     PLIF(0.7, reset=reset, surrogate=Cubic(0.8), backend=backend), x, g)
+        new = PLIF(0.7, reset=reset, surrogate=Cubic(0.8), backend=backend)
+        assert "LIF" in type(new(x.requires_grad_()).grad_fn).__name__  # the fused node ran
+        assert_match(PLIF(0.7, reset=reset, surrogate=Cubic(0.8), backend="torch"), new, x, g)
+
+
+def test_an_unregistered_surrogate_runs_the_reference_loop():
+    """The kernels take the surrogate by its registered name; without one, the neuron runs its
+    reference loop (the same spikes and gradients, more slowly) rather than fail."""
+    x, g = inputs(3)
+    new = PLIF(0.7, surrogate=Cubic(0.8), backend="fused")
+    assert type(new(x.requires_grad_()).grad_fn).__name__ == "StackBackward0"
+    assert_match(PLIF(0.7, surrogate=Cubic(0.8), backend="torch"), new, x, g)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -114,7 +114,7 @@ def test_smoke_memory_pipeline_and_training_figures(smoke):
     assert set(profiled) == {"ratebp", "hybrid", "bptt"}
     for method, top in profiled.items():
         assert len(top) == 12 and top[0]["self_ms"] >= top[-1]["self_ms"] > 0
-    assert any("spikeguide::lif_record" in row["name"] for row in profiled["ratebp"])
+    assert any("convolution" in row["name"] for row in profiled["ratebp"])
     pipeline = doc["sections"]["pipeline"]
     assert pipeline["data"]["memory_img_s"] > 0 and pipeline["data"]["stream_img_s"] > 0
     runs = doc["sections"]["training"]["data"]["runs"]
@@ -213,3 +213,26 @@ def test_a_missing_data_file_is_one_line(tmp_path):
         f"gpu_check: error: --data {str(tmp_path / 'absent.tar.gz')!r} does not exist: pass the "
         "packed CIFAR-10 JPEG copy (benchmarks/prepare_gpu_carry.sh puts it in gpu_carry/) or its "
         "unpacked folder"]
+
+
+def test_a_ratio_inside_the_rounds_spread_is_not_a_win(gpucheck):
+    speed = gpucheck("speed")
+    sj = {"rates": [100.0, 104.0, 96.0]}  # spread 8%
+    assert speed.verdict({"rates": [105.0, 106.0, 104.0]}, sj) == "within noise"
+    assert speed.verdict({"rates": [120.0, 121.0, 119.0]}, sj) == "faster"
+    assert speed.verdict({"rates": [80.0, 81.0, 79.0]}, sj) == "slower"
+    assert speed.verdict({"rates": [120.0]}, {"rates": [100.0]}) == "one round: not judged"
+
+
+def test_step_flops_count_convolutions_and_linear_layers(gpucheck):
+    flops = gpucheck("flops")
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1, groups=2),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    x = torch.randn(2, 3, 5, 5)
+    macs = 2 * 8 * 25 * 3 * 9 + 2 * 8 * 25 * 4 * 9 + 2 * 10 * 8  # per output: in/groups x k x k
+    assert flops.forward_macs(model, x) == macs
+    assert flops.step_flops(model, x) == 6 * macs
+    assert model.training  # the count runs in eval mode and leaves the mode as it was

@@ -135,7 +135,11 @@ def contenders(network: Network, precision: str, device: torch.device, sj,
             if amp is not None:
                 impl += " (precision API)"
             label = f"spikingjelly {impl}, {fmt}"
-            steps[label], line = spikingjelly_step(net, xf, y, fmt, sj, amp)
+            try:  # SpikingJelly's side failing (its precision API, say) leaves ours timed
+                steps[label], line = spikingjelly_step(net, xf, y, fmt, sj, amp)
+            except Exception as err:
+                notes.append(f"{label} could not be set up: {type(err).__name__}: {err}"[:400])
+                continue
             info[label] = {"kind": "spikingjelly", "backend": impl, "runs": impl, "format": fmt}
             if fmt == "contiguous":
                 notes.append(f"SpikingJelly twin: {line}")
