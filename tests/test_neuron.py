@@ -125,6 +125,32 @@ def test_all_surrogates_are_tested():
     assert set(SURROGATES.names()) == set(CLOSED_FORMS)
 
 
+# (x / w, w * derivative) at the threshold and at the window's edges; just inside an edge is
+# 2^-20 w inside (exact in binary for the powers-of-two widths below)
+INSIDE = 1 - 2.0 ** -20
+EDGES = {
+    "rectangle": [(0.0, 1.0), (0.5, 0.0), (-0.5, 0.0), (0.5 * INSIDE, 1.0), (-0.5 * INSIDE, 1.0)],
+    "triangle": [(0.0, 1.0), (1.0, 0.0), (-1.0, 0.0), (0.5, 0.5), (-0.5, 0.5), (1.5, 0.0),
+                 (INSIDE, 2.0 ** -20)],
+    "sigmoid": [(0.0, 0.25), (1.0, math.e / (1 + math.e) ** 2), (-1.0, math.e / (1 + math.e) ** 2)],
+    "atan": [(0.0, 0.5), (1.0, 0.5 / (1 + math.pi ** 2 / 4)), (-1.0, 0.5 / (1 + math.pi ** 2 / 4))],
+    "fast_sigmoid": [(0.0, 0.5), (1.0, 0.125), (-1.0, 0.125)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(EDGES))
+@pytest.mark.parametrize("width", [0.25, 1.0, 4.0])
+def test_every_surrogate_at_its_threshold_and_window_edges(name, width):
+    points, values = zip(*EDGES[name])
+    x = torch.tensor(points, dtype=torch.float64) * width
+    got = get_surrogate(name, width).derivative(x) * width
+    assert got.tolist() == pytest.approx(values, rel=1e-12, abs=0)
+
+
+def test_all_surrogates_have_their_edges_tested():
+    assert set(SURROGATES.names()) == set(EDGES)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"reset": "zero"}, "reset must be one of"),
     ({"decay": 1.5}, "decay must be in"),
