@@ -49,7 +49,9 @@ def shard_of(mutant: str) -> str | None:
 def run(shards: list[str], jobs: int) -> None:
     mutmut = Path(sys.executable).with_name("mutmut")
     env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
-    env.setdefault("TORCH_EXTENSIONS_DIR", "/tmp/torch_ext_mutation")
+    # a cache of its own: the C++ neuron kernel is built from mutants/'s copy of its source, and
+    # a cache shared with runs from src/ would rebuild it at every switch
+    env.setdefault("TORCH_EXTENSIONS_DIR", "/tmp/torch_ext_mutmut")
     for shard in shards:
         print(f"== {shard}", flush=True)
         subprocess.run([str(mutmut), "run", "--max-children", str(jobs), *SHARDS[shard]],

@@ -7,6 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from spikeguide.methods import METHODS
+from spikeguide.methods.losses import kd_loss
 from spikeguide.models import create_model
 from spikeguide.ratepass import rate_forward
 
@@ -145,3 +146,22 @@ def test_hybrid_branches_and_loss_match_a_hand_composition():
                              + sum(hand_kl(b, target.logits, 2.0) for b in branches))
                     + hand_laf(out.feature, target.feature, teacher.classifier)[0])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_kd_adds_alpha_times_the_hand_computed_kl():
+    student, teacher, x, y = twins()
+    kd = METHODS.get("kd")
+    loss = kd(student, kd.Options(alpha=0.7, tau=3.0), teacher=teacher).train().training_step(
+        x, y).loss
+    with torch.no_grad():
+        z_snn, z_ann = student(x), teacher(x)
+    expected = F.cross_entropy(z_snn, y) + 0.7 * hand_kl(z_snn, z_ann, 3.0)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_the_distillation_kl_of_half_precision_logits_is_computed_in_float32():
+    torch.manual_seed(0)
+    z_s, z_t = (torch.randn(4, 10).bfloat16() for _ in range(2))
+    got = kd_loss(z_s, z_t, 2.0)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(hand_kl(z_s, z_t, 2.0).item(), rel=1e-6)
