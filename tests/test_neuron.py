@@ -151,6 +151,22 @@ def test_all_surrogates_have_their_edges_tested():
     assert set(SURROGATES.names()) == set(EDGES)
 
 
+def test_get_surrogate_defaults_names_and_instances():
+    default = get_surrogate()
+    assert (type(default).__name__, default.width) == ("ATan", 0.5)
+    assert repr(default) == "ATan(width=0.5)"
+    sigmoid = get_surrogate("sigmoid")
+    assert get_surrogate(sigmoid) is sigmoid
+    narrower = get_surrogate(sigmoid, 0.125)  # an instance with a width: a new one of its type
+    assert (type(narrower), narrower.width, sigmoid.width) == (type(sigmoid), 0.125, 0.25)
+
+
+@pytest.mark.parametrize("width", [0, -0.5, math.inf, math.nan])
+def test_a_surrogate_width_must_be_positive_and_finite(width):
+    with pytest.raises(SpikeguideError, match="surrogate width must be a positive number"):
+        get_surrogate("triangle", width)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"reset": "zero"}, "reset must be one of"),
     ({"decay": 1.5}, "decay must be in"),
