@@ -100,6 +100,19 @@ def test_an_unregistered_surrogate_runs_the_reference_loop():
     assert_match(PLIF(0.7, surrogate=Cubic(0.8), backend="torch"), new, x, g)
 
 
+@pytest.mark.parametrize("backend", ["torch", *BACKENDS])
+def test_the_rectangle_window_is_open_at_its_edges_in_every_backend(backend):
+    # one step, threshold 1, width 0.5: u - threshold at -0.3, the edges -0.25 and 0.25, just
+    # inside them, and 0.3; the gradient is 1/w = 2 strictly inside |u - threshold| < w/2, else 0
+    inside = 0.25 - 2.0 ** -12
+    x = 1 + torch.tensor([-0.3, -0.25, -inside, inside, 0.25, 0.3]).view(1, 6)
+    x = x.to(device_for(backend))
+    neuron = LIF(0.5, surrogate="rectangle", width=0.5, backend=backend).to(x.device)
+    spikes, (grad,) = run(neuron, x, torch.ones_like(x))
+    assert spikes.flatten().tolist() == [0, 0, 0, 1, 1, 1]
+    assert grad.flatten().tolist() == [0, 0, 2, 2, 0, 0]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_layouts(backend):
     """channels_last input keeps its layout; a current broadcast over T is read without a copy."""

@@ -125,6 +125,48 @@ def test_all_surrogates_are_tested():
     assert set(SURROGATES.names()) == set(CLOSED_FORMS)
 
 
+# (x / w, w * derivative) at the threshold and at the window's edges; just inside an edge is
+# 2^-20 w inside (exact in binary for the powers-of-two widths below)
+INSIDE = 1 - 2.0 ** -20
+EDGES = {
+    "rectangle": [(0.0, 1.0), (0.5, 0.0), (-0.5, 0.0), (0.5 * INSIDE, 1.0), (-0.5 * INSIDE, 1.0)],
+    "triangle": [(0.0, 1.0), (1.0, 0.0), (-1.0, 0.0), (0.5, 0.5), (-0.5, 0.5), (1.5, 0.0),
+                 (INSIDE, 2.0 ** -20)],
+    "sigmoid": [(0.0, 0.25), (1.0, math.e / (1 + math.e) ** 2), (-1.0, math.e / (1 + math.e) ** 2)],
+    "atan": [(0.0, 0.5), (1.0, 0.5 / (1 + math.pi ** 2 / 4)), (-1.0, 0.5 / (1 + math.pi ** 2 / 4))],
+    "fast_sigmoid": [(0.0, 0.5), (1.0, 0.125), (-1.0, 0.125)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(EDGES))
+@pytest.mark.parametrize("width", [0.25, 1.0, 4.0])
+def test_every_surrogate_at_its_threshold_and_window_edges(name, width):
+    points, values = zip(*EDGES[name])
+    x = torch.tensor(points, dtype=torch.float64) * width
+    got = get_surrogate(name, width).derivative(x) * width
+    assert got.tolist() == pytest.approx(values, rel=1e-12, abs=0)
+
+
+def test_all_surrogates_have_their_edges_tested():
+    assert set(SURROGATES.names()) == set(EDGES)
+
+
+def test_get_surrogate_defaults_names_and_instances():
+    default = get_surrogate()
+    assert (type(default).__name__, default.width) == ("ATan", 0.5)
+    assert repr(default) == "ATan(width=0.5)"
+    sigmoid = get_surrogate("sigmoid")
+    assert get_surrogate(sigmoid) is sigmoid
+    narrower = get_surrogate(sigmoid, 0.125)  # an instance with a width: a new one of its type
+    assert (type(narrower), narrower.width, sigmoid.width) == (type(sigmoid), 0.125, 0.25)
+
+
+@pytest.mark.parametrize("width", [0, -0.5, math.inf, math.nan])
+def test_a_surrogate_width_must_be_positive_and_finite(width):
+    with pytest.raises(SpikeguideError, match="surrogate width must be a positive number"):
+        get_surrogate("triangle", width)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"reset": "zero"}, "reset must be one of"),
     ({"decay": 1.5}, "decay must be in"),

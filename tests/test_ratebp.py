@@ -9,6 +9,7 @@ from spikeguide.errors import SpikeguideError
 from spikeguide.models import MODELS, create_model
 from spikeguide.neurons import LIF, get_surrogate, lif_multistep
 from spikeguide.ratepass import RateRecorder, check_model, rate_forward, record_neuron
+from spikeguide.ratepass.eligibility import record_dynamics, record_eager
 
 RULES = [("soft", True), ("soft", False), ("hard", True), ("hard", False)]
 
@@ -90,14 +91,36 @@ HAND = {
 }
 
 
+def record_generic(current, decay, threshold, reset, detach, surrogate):
+    """The recorder for any neuron (from its own dynamics), on the LIF."""
+    return record_dynamics(LIF(decay, threshold, reset, detach, surrogate), current)
+
+
+# the fast path (the C++ kernel on CPU), the eager loop and the generic recorder: each alone
+RECORDERS = [record_neuron, record_eager, record_generic]
+
+
+@pytest.mark.parametrize("record", RECORDERS)
 @pytest.mark.parametrize("reset,detach", RULES)
-def test_eligibility_of_one_lif_layer_matches_the_hand_computed_trace(reset, detach):
+def test_eligibility_of_one_lif_layer_matches_the_hand_computed_trace(reset, detach, record):
     current = torch.tensor([0.8, 0.7, 0.3], dtype=torch.double).view(3, 1)
-    spikes, counts, eligibility = record_neuron(current, 0.5, 1.0, reset, detach,
-                                                get_surrogate("triangle", 1.0))
+    spikes, counts, eligibility = record(current, 0.5, 1.0, reset, detach,
+                                         get_surrogate("triangle", 1.0))
     assert spikes.flatten().tolist() == [0, 1, 0]
-    assert counts.item() == 1
+    assert counts.item() == 1 and counts.dtype == torch.uint8  # kept as bytes for T < 256
     assert eligibility.item() == pytest.approx(HAND[reset, detach], abs=1e-12)
+
+
+@pytest.mark.parametrize("record", RECORDERS)
+def test_the_recorded_eligibility_is_zero_at_the_rectangle_window_edges(record):
+    # one step: the eligibility is the surrogate at u - threshold (width 0.5: 2 strictly inside
+    # |u - threshold| < 0.25, else 0)
+    inside = 0.25 - 2.0 ** -12
+    current = 1 + torch.tensor([[-0.3, -0.25, -inside, inside, 0.25, 0.3]])
+    spikes, counts, eligibility = record(current, 0.5, 1.0, "hard", False,
+                                         get_surrogate("rectangle", 0.5))
+    assert counts.tolist() == [0, 0, 0, 1, 1, 1]
+    assert eligibility.tolist() == [0, 0, 2, 2, 0, 0]
 
 
 @pytest.mark.parametrize("reset,detach", RULES)
@@ -119,9 +142,10 @@ def test_chunks_of_neurons_give_the_same_records(monkeypatch):
     from spikeguide.ratepass import eligibility
 
     current = torch.randn(5, 3, 7, 11) + 1
-    whole = record_neuron(current, 0.6, 1.0, "hard", False, get_surrogate("atan"))
-    monkeypatch.setattr(eligibility, "CHUNK", 10)
-    for a, b in zip(whole, record_neuron(current, 0.6, 1.0, "hard", False, get_surrogate("atan"))):
+    whole = record_eager(current, 0.6, 1.0, "hard", False, get_surrogate("atan"))
+    monkeypatch.setattr(eligibility, "CHUNK", 10)  # the eager loop's chunks (the kernel has none)
+    for a, b in zip(whole, record_eager(current, 0.6, 1.0, "hard", False, get_surrogate("atan")),
+                    strict=True):
         assert torch.equal(a, b)
 
 
