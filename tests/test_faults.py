@@ -243,7 +243,7 @@ def test_a_killed_rank_restarts_the_group_from_its_checkpoint_bit_identically(tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "worker group restart 1 of at most 3: continuing from the last checkpoint" in proc.stderr
     # resumed at the checkpoint of step 4 (starting over would end with the same weights)
-    assert f"resumed {tmp_path / 'runs' / 'killed'} at epoch 0 step 4" in proc.stderr
+    assert f"resumed {tmp_path / 'runs' / 'killed'} at epoch 1 step 4" in proc.stderr
     assert "exitcode: -9" in proc.stderr  # rank 1 did die
     killed = load_checkpoint(tmp_path / "runs" / "killed" / "latest.pt")
     assert killed["global_step"] == 6

@@ -4,8 +4,11 @@ A worker that fails with a :class:`~spikeguide.errors.SpikeguideError` writes it
 file named by ``SPIKEGUIDE_ERROR_FILE`` (the CLI does so when the variable is set). The launcher
 forwards the workers' output as it comes but holds back torchrun's own lines (its report of a
 failure, ``ChildFailedError``) and the tracebacks torch prefixes with ``[rankN]:`` (the other
-workers', whose peer went away). When a worker left a message, it prints that one line and exits
-with code 2; any other failure is a bug, and what was held back is shown in full. Ctrl-C reaches
+workers', whose peer went away). A worker that died without a message (killed, crashed) is
+said at once in torchrun's line, since torchrun may restart the group (``--max-restarts``) and
+the run go on. When a worker left a message, the launcher stops torchrun (a user error would
+only come back at every restart), prints that one line and exits with code 2; any other failure
+is a bug, and what was held back is shown in full. Ctrl-C reaches
 torchrun and the workers as well: the launcher keeps relaying while they checkpoint and say
 where they stopped, then exits with 128 + SIGINT.
 """
@@ -23,14 +26,12 @@ from typing import Mapping, Sequence
 
 ERROR_FILE_ENV = "SPIKEGUIDE_ERROR_FILE"
 # torchrun's agent logs in glog format ("E1204 22:30:01.123000 123 torch/distributed/...] failed
-# (exitcode: 2) ..."), its report of the failure follows; a worker's uncaught exception is
-# printed line by line as "[rank1]: Traceback ..."
+# (exitcode: 2) ..."); when it gives up, its report of the failure follows as a traceback of its
+# own; a worker's uncaught exception is printed line by line as "[rank1]: Traceback ..."
 TORCHRUN_LINE = re.compile(r"^[EWI]\d{4} \d\d:\d\d:\d\d")
-TORCHRUN_FAILURE = re.compile(r"^E\d{4} .*failed \(exitcode")
+TORCHRUN_REPORT = re.compile(r"^Traceback \(most recent call last\)")
 WORKER_TRACEBACK = re.compile(r"^\[rank\d+\]:")
-# a failed group torchrun restarts (--max-restarts): what was held back of it is dropped, and
-# the new group's output passes as before
-TORCHRUN_RESTART = re.compile(r"will restart worker group")
+WORKER_DIED = re.compile(r"^E\d{4} .*failed \(exitcode: (?!2\))")
 
 
 def report_worker_error(message: str) -> bool:
@@ -55,17 +56,21 @@ def run_workers(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> int
         error_file = Path(tmp) / "error"
         env = {**(env or {}), **os.environ, ERROR_FILE_ENV: str(error_file)}
         held: list[str] = []
-        failed = interrupted = False
+        report = interrupted = False
         with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, bufsize=1) as proc:
             signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
             while True:
                 try:
                     for line in proc.stderr:
-                        if TORCHRUN_RESTART.search(line):
-                            failed, held = False, []
-                            continue
-                        failed = failed or bool(TORCHRUN_FAILURE.match(line))
-                        if (failed or interrupted or TORCHRUN_LINE.match(line)
+                        if not report and error_file.is_file():
+                            # a user error stays one at every restart: stop torchrun instead
+                            proc.terminate()
+                        report = (report or error_file.is_file()
+                                  or bool(TORCHRUN_REPORT.match(line)))
+                        if (WORKER_DIED.match(line) and not interrupted
+                                and not error_file.is_file()):
+                            sys.stderr.write(line)
+                        elif (report or interrupted or TORCHRUN_LINE.match(line)
                                 or WORKER_TRACEBACK.match(line)):
                             held.append(line)
                         else:
