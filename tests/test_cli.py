@@ -201,3 +201,23 @@ def test_ctrl_c_under_two_processes_checkpoints_and_exits_130_without_a_tracebac
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGINT, err
     assert "stopped at epoch" in out and "Traceback" not in err, err
+
+
+def test_a_quickstart_stopped_by_a_signal_trains_no_student_and_says_so(tmp_path, capsys,
+                                                                        monkeypatch):
+    import signal
+
+    from spikeguide.commands import quickstart
+    from spikeguide.training.trainer import StoppedAt, TrainSummary
+
+    trained = []
+
+    def stopped_teacher(cfg, overwrite):
+        trained.append(cfg.name)
+        return TrainSummary(True, -1.0, None, StoppedAt(0, 3, signal.SIGTERM, "latest.pt"),
+                            run_dir=str(cfg.run_dir))
+
+    monkeypatch.setattr(quickstart, "train", stopped_teacher)
+    code, out, err = run(capsys, "quickstart", "--out", str(tmp_path))
+    assert trained == ["ann"] and code == 128 + signal.SIGTERM
+    assert "ann stopped by signal 15 in epoch 1" in err and "runs written to" in out

@@ -59,10 +59,16 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
              "T": "-" if r.summary.last.test.firing_rate is None else r.cfg.model.T,
              "test top1 %": r.summary.last.test.top1, "best top1 %": r.summary.best_top1,
              "firing rate": or_dash(r.summary.last.test.firing_rate), "seconds": r.seconds}
-            for r in runs]
-    print(format_table(rows))
+            for r in runs if r.summary.last is not None]
+    if rows:
+        print(format_table(rows))
     print("runs written to: " + ", ".join(r.summary.run_dir for r in runs))
-    return 0
+    stopped = runs[-1].summary.stopped
+    if stopped is None:
+        return 0
+    print(f"spikeguide: {runs[-1].cfg.name} stopped by signal {stopped.signal} in epoch "
+          f"{stopped.epoch + 1}; its row holds its last finished epoch", file=sys.stderr)
+    return 128 + (stopped.signal or 0)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

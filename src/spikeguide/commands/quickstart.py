@@ -36,7 +36,8 @@ class QuickstartRun:
 
 def run_quickstart(out_dir: str = "runs/quickstart", overrides: list[str] | None = None
                    ) -> list[QuickstartRun]:
-    """Train the ANN teacher, then its SNN twin initialised from it."""
+    """Train the ANN teacher, then its SNN twin initialised from it (not when a signal stopped
+    the teacher)."""
     runs = []
     teacher_dir = str(Path(out_dir) / "ann")
     for part in (TEACHER, STUDENT):
@@ -47,4 +48,6 @@ def run_quickstart(out_dir: str = "runs/quickstart", overrides: list[str] | None
         start = time.time()
         summary = train(cfg, overwrite=True)
         runs.append(QuickstartRun(cfg, summary, time.time() - start))
+        if summary.stopped is not None:  # a signal: no student from a half-trained teacher
+            break
     return runs
