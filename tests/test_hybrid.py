@@ -154,8 +154,10 @@ def test_a_model_without_declared_stage_channels_is_refused():
     assert str(refused.value) == undeclared_message("teacher")
     student, teacher = pair()
     teacher.stage_channels = [1, 2, 3]
-    with pytest.raises(SpikeguideError, match="differ in channels"):
+    with pytest.raises(SpikeguideError) as refused:
         Hybrid(student, teacher=teacher)
+    assert str(refused.value) == ("the stages of the teacher and the student differ in channels: "
+                                  "the teacher must be the student's ANN twin")
 
 
 def test_a_fresh_mapping_module_standardises_each_channel_rather_than_passing_it_on():
@@ -184,7 +186,8 @@ def test_ratebp_distills_only_with_a_teacher():
 def test_hybrid_options_parse_from_a_config():
     cfg = parse_config({"method": {"name": "hybrid", "cuts": [1, 2], "beta": 0.5, "laf": True}})
     assert cfg.method.options.cuts == [1, 2] and cfg.method.options.beta == 0.5
-    with pytest.raises(SpikeguideError, match="beta"):
+    assert parse_config({"method": {"name": "hybrid", "beta": 0.0}}).method.options.beta == 0.0
+    with pytest.raises(SpikeguideError, match=r"^method.beta must be >= 0, got -1.0$"):
         parse_config({"method": {"name": "hybrid", "beta": -1.0}})
 
 
