@@ -351,6 +351,39 @@ def test_dynamics_no_backend_declares_run_the_reference_loop():
     assert resolve_backend("fused", x) == "fused"  # LIF's spec, the default
 
 
+def test_a_neuron_with_a_spec_type_no_backend_declares_runs_the_reference_loop(monkeypatch):
+    from collections import namedtuple
+
+    from spikeguide.neurons import base
+    from spikeguide.neurons.kernels import LIFSpec
+
+    OwnSpec = namedtuple("OwnSpec", LIFSpec._fields)
+
+    class OwnSpecLIF(LIF):
+        def kernel_spec(self):
+            return OwnSpec(*super().kernel_spec())
+
+    fused = CountedCalls(monkeypatch, base, "fused_forward")
+    reference = CountedCalls(monkeypatch, base, "reference_loop")
+    assert torch.equal(OwnSpecLIF()(CURRENT), hand_lif(CURRENT, 0.5, 1.0, "hard")[0])
+    assert (fused.count, reference.count) == (0, 1)
+
+
+def test_a_neuron_defaults_to_threshold_1_and_the_atan_surrogate():
+    from spikeguide.neurons import SpikingNeuron
+
+    class Bare(SpikingNeuron):
+        def charge(self, u, current):
+            return u + current
+
+        def reset_membrane(self, u, s):
+            return u * (1 - s)
+
+    neuron = Bare()
+    assert (neuron.threshold, repr(neuron.surrogate), neuron.backend) == (
+        1.0, "ATan(width=0.5)", "auto")
+
+
 def test_a_neuron_must_define_its_dynamics_and_subclass_the_contract():
     from spikeguide.neurons import SpikingNeuron, register_neuron
 
