@@ -261,8 +261,9 @@ def test_a_lif_subclass_with_its_own_reset_keeps_none_of_lifs_other_pieces(monke
     assert torch.equal(neuron(CURRENT), hand_lif(CURRENT, 0.5, 1.0, "half")[0])
     assert fused.count == 0  # LIF's kernels run LIF's reset: the reference loop runs instead
     assert is_spiking(neuron)
-    with pytest.raises(SpikeguideError, match="no fused kernel runs the neuron HalfSoftLIF "
-                       "\\(HalfSoftLIF redefines reset_membrane but not kernel_spec\\)"):
+    with pytest.raises(SpikeguideError, match="^no fused kernel runs the neuron HalfSoftLIF "
+                       "\\(HalfSoftLIF redefines reset_membrane but not kernel_spec\\): use "
+                       "backend 'auto' or 'torch'$"):
         HalfSoftLIF(backend="compiled")
     with pytest.raises(SpikeguideError, match="rate-based backpropagation cannot train the neuron "
                        "HalfSoftLIF: HalfSoftLIF redefines reset_membrane but not reset_gain"):
@@ -391,7 +392,13 @@ def test_a_neuron_must_define_its_dynamics_and_subclass_the_contract():
         def charge(self, u, current):
             return u + current
 
-    with pytest.raises(SpikeguideError, match="the neuron NoReset must define reset_membrane"):
-        NoReset()
+    class NoDynamics(SpikingNeuron):
+        pass
+
+    for cls, missing in ((NoReset, "reset_membrane"), (NoDynamics, "charge and reset_membrane")):
+        with pytest.raises(SpikeguideError) as refused:
+            cls()
+        assert str(refused.value) == (f"the neuron {cls.__name__} must define {missing} "
+                                      "(see docs/extending.md)")
     with pytest.raises(TypeError, match="needs a SpikingNeuron subclass"):
         register_neuron("relu_neuron")(torch.nn.ReLU)
