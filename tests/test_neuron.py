@@ -265,6 +265,7 @@ def test_a_lif_subclass_with_its_own_reset_keeps_none_of_lifs_other_pieces(monke
                        "\\(HalfSoftLIF redefines reset_membrane but not kernel_spec\\): use "
                        "backend 'auto' or 'torch'$"):
         HalfSoftLIF(backend="compiled")
+    assert HalfSoftLIF(backend="torch").backend == "torch"  # the reference loop is always there
     with pytest.raises(SpikeguideError, match="rate-based backpropagation cannot train the neuron "
                        "HalfSoftLIF: HalfSoftLIF redefines reset_membrane but not reset_gain"):
         check_model(neuron)
