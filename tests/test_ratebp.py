@@ -196,6 +196,27 @@ def saved_bytes(model, x):
     return total
 
 
+def test_the_replayed_batch_norm_uses_the_recorded_statistics_and_the_layers_affine_and_eps():
+    from spikeguide.ratepass.autograd import recorded_batch_norm
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3, eps=0.1)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, 2.0, -1.0]))
+        bn.bias.copy_(torch.tensor([0.3, -0.2, 1.0]))
+    x = torch.randn(4, 3, 2, 2, requires_grad=True)
+    mean, var = x.detach().mean((0, 2, 3)), x.detach().var((0, 2, 3), unbiased=False)
+    out = recorded_batch_norm(x, bn, mean, var)
+    channel = (slice(None), None, None)
+    by_hand = (x - mean[channel]) / (var[channel] + 0.1).sqrt() * bn.weight[channel] + bn.bias[channel]
+    torch.testing.assert_close(out, by_hand)
+    # with the batch's own statistics its backward is training-mode batch norm's
+    grad = torch.randn_like(out)
+    mine = torch.autograd.grad(out, (x, bn.weight, bn.bias), grad)
+    reference = F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, 0.1)
+    torch.testing.assert_close(mine, torch.autograd.grad(reference, (x, bn.weight, bn.bias), grad))
+
+
 def test_the_backward_graph_does_not_grow_with_T():
     torch.manual_seed(5)
     model, x = small("resnet19", T=1)
