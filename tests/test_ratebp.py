@@ -174,6 +174,21 @@ def test_convolutions_run_step_by_step_give_the_same_spiking_pass():
     assert all(torch.equal(a, b) for a, b in zip(out.stages, ref.stages))
 
 
+@pytest.mark.parametrize("conv_steps,calls", [(1, 2 + 1), (2, 1 + 1)])
+def test_the_methods_conv_steps_reach_the_spiking_pass(conv_steps, calls):
+    # T = 2: the spiking pass calls a convolution T / conv_steps times, the rate pass once
+    from spikeguide.methods import METHODS
+
+    RateBP = METHODS.get("ratebp")
+    model, x = small("resnet19", T=2)
+    conv, count = model.stages[0][0].residual.conv1, []
+    conv_forward = conv._conv_forward
+    conv._conv_forward = lambda *args: count.append(1) or conv_forward(*args)
+    method = RateBP(model, RateBP.Options(conv_steps=conv_steps, alpha=0.0, laf=False))
+    method.training_step(x, torch.zeros(len(x), dtype=torch.long))
+    assert len(count) == calls
+
+
 def test_event_frames_are_averaged_into_one_rate_step():
     torch.manual_seed(4)
     model = create_model("vggsnn", T=5, width=0.125, in_channels=2, input_size=32).double()
