@@ -223,7 +223,8 @@ def test_the_replayed_batch_norm_uses_the_recorded_statistics_and_the_layers_aff
     mean, var = x.detach().mean((0, 2, 3)), x.detach().var((0, 2, 3), unbiased=False)
     out = recorded_batch_norm(x, bn, mean, var)
     channel = (slice(None), None, None)
-    by_hand = (x - mean[channel]) / (var[channel] + 0.1).sqrt() * bn.weight[channel] + bn.bias[channel]
+    by_hand = ((x - mean[channel]) / (var[channel] + 0.1).sqrt() * bn.weight[channel]
+               + bn.bias[channel])
     torch.testing.assert_close(out, by_hand)
     # with the batch's own statistics its backward is training-mode batch norm's
     grad = torch.randn_like(out)
