@@ -146,3 +146,13 @@ def test_a_method_without_its_teacher_and_a_checkpoint_that_does_not_fit_are_one
             "was the run trained with other method options? Resume with the run's own config.toml")
     method.load_own_state_dict({k: torch.ones_like(v) for k, v in own.items()})
     assert torch.equal(method.head.bias, torch.ones(3))
+
+
+def test_the_cross_entropy_of_a_method_smooths_its_labels_by_hand():
+    from spikeguide.methods import Method
+
+    logits, y = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]]), torch.tensor([0, 2])
+    log_p = logits.log_softmax(-1)
+    nll, uniform = -log_p[torch.arange(2), y].mean(), -log_p.mean()
+    method = Method(create_model("resnet20", width=1 / 16, T=2), label_smoothing=0.3)
+    torch.testing.assert_close(method.cross_entropy(logits, y), 0.7 * nll + 0.3 * uniform)
