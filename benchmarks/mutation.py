@@ -8,7 +8,8 @@
 benchmarks/mutation.sh runs both, niced. The files mutated and the tests selected are
 ``[tool.mutmut]`` in pyproject.toml; a shard is one module's mutants (trainer: the Trainer's state
 and resume only). mutmut runs each mutant against the selected tests that call the function it
-changes, and keeps the results in ``mutants/`` (a second call skips what is done).
+changes, and keeps the results in ``mutants/``; a shard run again runs all its mutants again
+(mutmut re-runs the mutants its command line names), the other shards' results stay.
 """
 
 from __future__ import annotations
