@@ -2,11 +2,14 @@
 
     python benchmarks/mutation.py run [SHARD ...]   run the shards (default: all, in ORDER)
     python benchmarks/mutation.py report            the table and every survivor's diff
+    python benchmarks/mutation.py check SHARD TEST...
+        each survivor and no-test mutant of SHARD, activated alone, against TESTs (node ids)
 
 benchmarks/mutation.sh runs both, niced. The files mutated and the tests selected are
 ``[tool.mutmut]`` in pyproject.toml; a shard is one module's mutants (trainer: the Trainer's state
 and resume only). mutmut runs each mutant against the selected tests that call the function it
-changes, and keeps the results in ``mutants/`` (a second call skips what is done).
+changes, and keeps the results in ``mutants/``; a shard run again runs all its mutants again
+(mutmut re-runs the mutants its command line names), the other shards' results stay.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -94,6 +99,25 @@ def report() -> None:
         print(f"\n# {mutant}: survived\n{get_diff_for_mutant(mutant)}")
 
 
+def check(shard: str, tests: list[str]) -> None:
+    """Run ``tests`` (of the working tree) against each of the shard's survivors and mutants no
+    selected test reached, one at a time: mutmut's own mutated sources, copied aside so that a run
+    in progress does not change them, with the mutant switched on by ``MUTANT_UNDER_TEST``."""
+    found = statuses()
+    names = [m for m, status in sorted(found.items())
+             if shard_of(m) == shard and status in ("survived", "no tests")]
+    with tempfile.TemporaryDirectory() as snapshot:
+        shutil.copytree(ROOT / "mutants" / "src", snapshot, dirs_exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": snapshot, "OMP_NUM_THREADS": "1"}
+        for name in ["", *names]:  # "": no mutant, the tests must pass
+            result = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                cwd=ROOT, env={**env, "MUTANT_UNDER_TEST": name}, capture_output=True)
+            verdict = ("killed" if result.returncode else "survived") if name else (
+                "fails" if result.returncode else "passes")
+            print(f"{name or 'no mutant'}: {verdict}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,12 +126,17 @@ def main() -> None:
                             help=f"default: all, in this order: {' '.join(ORDER)}")
     run_parser.add_argument("--jobs", type=int, default=2, help="parallel mutants (default 2)")
     sub.add_parser("report")
+    check_parser = sub.add_parser("check")
+    check_parser.add_argument("shard", choices=ORDER)
+    check_parser.add_argument("tests", nargs="+", metavar="TEST")
     args = parser.parse_args()
     unknown = [s for s in getattr(args, "shards", []) if s not in SHARDS]
     if unknown:
         parser.error(f"unknown shard {unknown[0]!r}: one of {', '.join(ORDER)}")
     if args.command == "run":
         run(args.shards or ORDER, args.jobs)
+    elif args.command == "check":
+        check(args.shard, args.tests)
     else:
         report()
 

@@ -4,8 +4,9 @@
 #
 #   benchmarks/mutation.sh [SHARD ...]      default: every shard (benchmarks/mutation.py)
 #
-# About an hour on two cores for all shards; not part of the default test pass. A second call
-# resumes: mutmut keeps its results in mutants/ (ignored by git). PYTHON picks the interpreter.
+# About an hour on two cores for all shards; not part of the default test pass. Results stay in
+# mutants/ (ignored by git); a shard given again runs all its mutants again.
+# PYTHON picks the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"

@@ -118,15 +118,46 @@ def test_default_cuts_are_after_stages_1_to_K_minus_1_as_in_the_paper():
     assert method.cuts == [1, 2] and sorted(method.mappings) == ["1", "2"]
 
 
+def first_stages(model, k):
+    model.stages, model.stage_channels = model.stages[:k], model.stage_channels[:k]
+    return model
+
+
+def test_two_stages_take_the_one_default_cut_and_one_stage_needs_explicit_cuts():
+    student, teacher = pair()
+    method = Hybrid(first_stages(student, 2), teacher=first_stages(teacher, 2))
+    assert method.cuts == [1] and sorted(method.mappings) == ["1"]
+    student, teacher = pair()
+    with pytest.raises(SpikeguideError) as refused:
+        Hybrid(first_stages(student, 1), teacher=first_stages(teacher, 1))
+    assert str(refused.value) == ("the hybrid method needs a model of at least two stages (this "
+                                  "one has 1) or explicit method.cuts")
+    assert Hybrid(student, Hybrid.Options(cuts=[1]), teacher=teacher).cuts == [1]
+
+
+def undeclared_message(role):
+    return (f"the hybrid method needs the {role}'s stages to declare their output channels: "
+            "SpikingNet has no stage_channels (pass stage_channels= to SpikingNet in its "
+            "builder; docs/extending.md)")
+
+
 def test_a_model_without_declared_stage_channels_is_refused():
     student, teacher = pair()
     student.stage_channels = None
-    with pytest.raises(SpikeguideError, match="stage_channels"):
+    with pytest.raises(SpikeguideError) as refused:
         Hybrid(student, teacher=teacher)
+    assert str(refused.value) == undeclared_message("student")
+    student, teacher = pair()
+    del teacher.stage_channels  # a teacher built without the attribute at all
+    with pytest.raises(SpikeguideError) as refused:
+        Hybrid(student, teacher=teacher)
+    assert str(refused.value) == undeclared_message("teacher")
     student, teacher = pair()
     teacher.stage_channels = [1, 2, 3]
-    with pytest.raises(SpikeguideError, match="differ in channels"):
+    with pytest.raises(SpikeguideError) as refused:
         Hybrid(student, teacher=teacher)
+    assert str(refused.value) == ("the stages of the teacher and the student differ in channels: "
+                                  "the teacher must be the student's ANN twin")
 
 
 def test_a_fresh_mapping_module_standardises_each_channel_rather_than_passing_it_on():
@@ -155,7 +186,8 @@ def test_ratebp_distills_only_with_a_teacher():
 def test_hybrid_options_parse_from_a_config():
     cfg = parse_config({"method": {"name": "hybrid", "cuts": [1, 2], "beta": 0.5, "laf": True}})
     assert cfg.method.options.cuts == [1, 2] and cfg.method.options.beta == 0.5
-    with pytest.raises(SpikeguideError, match="beta"):
+    assert parse_config({"method": {"name": "hybrid", "beta": 0.0}}).method.options.beta == 0.0
+    with pytest.raises(SpikeguideError, match=r"^method.beta must be >= 0, got -1.0$"):
         parse_config({"method": {"name": "hybrid", "beta": -1.0}})
 
 

@@ -99,3 +99,60 @@ def test_the_runner_passes_grad_scale_through_a_recipe(tmp_path):
     init = build_model(fresh, num_classes=10, in_channels=1, spiking=True).state_dict()
     key = "encoder.conv.weight"
     torch.testing.assert_close(runs["1/T"][key] - init[key], (runs["bptt"][key] - init[key]) / 2)
+
+
+def test_a_registered_method_is_found_by_its_name_and_knows_it(monkeypatch):
+    from spikeguide.methods import Method, register_method
+
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))  # undone after the test
+
+    @register_method("plain_copy")
+    class PlainCopy(Method):
+        pass
+
+    assert METHODS.get("plain_copy") is PlainCopy and PlainCopy.name == "plain_copy"
+
+
+def test_a_method_without_its_teacher_and_a_checkpoint_that_does_not_fit_are_one_line_errors():
+    from spikeguide.methods import Method
+
+    class NeedsTeacher(Method):  # not registered: named by its class
+        needs_teacher = True
+
+    student = create_model("resnet20", width=1 / 16, T=2)
+    for method, name in ((METHODS.get("ratebp"), "ratebp"), (NeedsTeacher, "NeedsTeacher")):
+        with pytest.raises(SpikeguideError) as refused:
+            method(student, method.Options(alpha=1.0) if name == "ratebp" else None)
+        assert str(refused.value) == (
+            f"method {name!r} (with these options) learns from an ANN teacher and got none: set "
+            "teacher.checkpoint or teacher.recipe (from Python: pass teacher=, the trained ANN "
+            "twin of the student)")
+
+    class OwnHead(Method):
+        def __init__(self, student):
+            super().__init__(student)
+            self.head = torch.nn.Linear(2, 3)
+
+    method = OwnHead(student)
+    own = method.own_state_dict()
+    assert sorted(own) == ["head.bias", "head.weight"]
+    for state, key in (({**own, "extra": torch.zeros(1)}, "extra"),
+                       ({"head.weight": own["head.weight"]}, "head.bias"),
+                       ({**own, "head.bias": torch.zeros(4)}, "head.bias")):
+        with pytest.raises(SpikeguideError) as refused:
+            method.load_own_state_dict(state)
+        assert str(refused.value) == (
+            f"the checkpoint's state of method 'OwnHead' does not fit this one ({key!r} differs): "
+            "was the run trained with other method options? Resume with the run's own config.toml")
+    method.load_own_state_dict({k: torch.ones_like(v) for k, v in own.items()})
+    assert torch.equal(method.head.bias, torch.ones(3))
+
+
+def test_the_cross_entropy_of_a_method_smooths_its_labels_by_hand():
+    from spikeguide.methods import Method
+
+    logits, y = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]]), torch.tensor([0, 2])
+    log_p = logits.log_softmax(-1)
+    nll, uniform = -log_p[torch.arange(2), y].mean(), -log_p.mean()
+    method = Method(create_model("resnet20", width=1 / 16, T=2), label_smoothing=0.3)
+    torch.testing.assert_close(method.cross_entropy(logits, y), 0.7 * nll + 0.3 * uniform)

@@ -167,16 +167,58 @@ def test_a_surrogate_width_must_be_positive_and_finite(width):
         get_surrogate("triangle", width)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"reset": "zero"}, "reset must be one of"),
-    ({"decay": 1.5}, "decay must be in"),
-    ({"threshold": 0}, "threshold must be positive"),
-    ({"surrogate": "erf"}, "unknown surrogate 'erf'"),
-    ({"width": -1.0}, "width must be a positive"),
+@pytest.mark.parametrize("cls,kwargs,message", [
+    (LIF, {"reset": "zero"}, "neuron.reset must be one of ('soft', 'hard'), got 'zero'"),
+    (LIF, {"decay": 1.5}, "neuron.decay must be in (0, 1], got 1.5"),
+    (LIF, {"decay": 0}, "neuron.decay must be in (0, 1], got 0"),
+    (LIF, {"threshold": 0}, "neuron.threshold must be positive, got 0"),
+    (LIF, {"surrogate": "erf"}, "unknown surrogate 'erf'"),
+    (LIF, {"width": -1.0}, "surrogate width must be a positive number, got -1.0"),
+    (IF, {"decay": 0.5}, "the IF neuron has no leak: its decay is 1; use 'lif' for decay < 1"),
+    (PLIF, {"decay": 1.0}, "PLIF needs an initial decay below 1 (it is a sigmoid)"),
 ])
-def test_bad_neuron_arguments_are_clear_errors(kwargs, match):
-    with pytest.raises(SpikeguideError, match=match):
-        LIF(**kwargs)
+def test_bad_neuron_arguments_are_clear_errors(cls, kwargs, message):
+    with pytest.raises(SpikeguideError) as refused:
+        cls(**kwargs)
+    assert str(refused.value).partition(" (one registered")[0] == message
+
+
+def settings(neuron):
+    return (float(torch.as_tensor(neuron.membrane_decay()).detach()), neuron.threshold,
+            neuron.reset, neuron.detach_reset, repr(neuron.surrogate), neuron.backend)
+
+
+def test_the_lif_family_keeps_its_defaults_and_passes_every_argument_on():
+    for neuron, decay in ((LIF(), 0.5), (IF(), 1.0), (PLIF(), 0.5)):
+        assert settings(neuron) == (decay, 1.0, "hard", False, "ATan(width=0.5)", "auto")
+    given = dict(threshold=0.5, reset="soft", detach_reset=True, surrogate="sigmoid", width=2.0,
+                 backend="torch")
+    for neuron, decay in ((LIF(decay=0.25, **given), 0.25), (IF(**given), 1.0),
+                          (PLIF(decay=0.25, **given), 0.25)):
+        assert settings(neuron) == pytest.approx(
+            (decay, 0.5, "soft", True, "Sigmoid(width=2)", "torch"))
+    assert repr(LIF(decay=0.25, **given)) == (
+        "LIF(decay=0.25, threshold=0.5, reset='soft', detach_reset=True, "
+        "surrogate=Sigmoid(width=2), backend='torch')")
+
+
+@pytest.mark.parametrize("cls,decay,dt,kind,params", [
+    # tau = dt / (1 - decay), r = tau / dt (forward Euler, docs of LIF.nir_node)
+    (LIF, 0.75, 0.5, "LIF", {"tau": 2.0, "r": 4.0, "v_leak": 0.0}),
+    (PLIF, 0.5, 2.0, "LIF", {"tau": 4.0, "r": 2.0, "v_leak": 0.0}),
+    (IF, 1.0, 0.5, "IF", {"r": 1.0}),
+])
+def test_the_nir_node_of_the_lif_family_by_hand(cls, decay, dt, kind, params):
+    neuron = cls(decay=decay, threshold=0.75)
+    node = neuron.nir_node(dt)
+    assert node.kind == kind
+    assert node.params == pytest.approx({**params, "v_threshold": 0.75, "v_reset": 0.0})
+    assert all(type(v) is float for v in node.params.values())
+    soft = cls(decay=decay, reset="soft")
+    with pytest.raises(SpikeguideError) as refused:
+        soft.nir_node(dt)
+    assert str(refused.value) == ("NIR neurons reset to a potential; export needs reset='hard' "
+                                  "(this one is soft)")
 
 
 class HalfSoftLIF(LIF):
@@ -219,9 +261,11 @@ def test_a_lif_subclass_with_its_own_reset_keeps_none_of_lifs_other_pieces(monke
     assert torch.equal(neuron(CURRENT), hand_lif(CURRENT, 0.5, 1.0, "half")[0])
     assert fused.count == 0  # LIF's kernels run LIF's reset: the reference loop runs instead
     assert is_spiking(neuron)
-    with pytest.raises(SpikeguideError, match="no fused kernel runs the neuron HalfSoftLIF "
-                       "\\(HalfSoftLIF redefines reset_membrane but not kernel_spec\\)"):
+    with pytest.raises(SpikeguideError, match="^no fused kernel runs the neuron HalfSoftLIF "
+                       "\\(HalfSoftLIF redefines reset_membrane but not kernel_spec\\): use "
+                       "backend 'auto' or 'torch'$"):
         HalfSoftLIF(backend="compiled")
+    assert HalfSoftLIF(backend="torch").backend == "torch"  # the reference loop is always there
     with pytest.raises(SpikeguideError, match="rate-based backpropagation cannot train the neuron "
                        "HalfSoftLIF: HalfSoftLIF redefines reset_membrane but not reset_gain"):
         check_model(neuron)
@@ -309,6 +353,39 @@ def test_dynamics_no_backend_declares_run_the_reference_loop():
     assert resolve_backend("fused", x) == "fused"  # LIF's spec, the default
 
 
+def test_a_neuron_with_a_spec_type_no_backend_declares_runs_the_reference_loop(monkeypatch):
+    from collections import namedtuple
+
+    from spikeguide.neurons import base
+    from spikeguide.neurons.kernels import LIFSpec
+
+    OwnSpec = namedtuple("OwnSpec", LIFSpec._fields)
+
+    class OwnSpecLIF(LIF):
+        def kernel_spec(self):
+            return OwnSpec(*super().kernel_spec())
+
+    fused = CountedCalls(monkeypatch, base, "fused_forward")
+    reference = CountedCalls(monkeypatch, base, "reference_loop")
+    assert torch.equal(OwnSpecLIF()(CURRENT), hand_lif(CURRENT, 0.5, 1.0, "hard")[0])
+    assert (fused.count, reference.count) == (0, 1)
+
+
+def test_a_neuron_defaults_to_threshold_1_and_the_atan_surrogate():
+    from spikeguide.neurons import SpikingNeuron
+
+    class Bare(SpikingNeuron):
+        def charge(self, u, current):
+            return u + current
+
+        def reset_membrane(self, u, s):
+            return u * (1 - s)
+
+    neuron = Bare()
+    assert (neuron.threshold, repr(neuron.surrogate), neuron.backend) == (
+        1.0, "ATan(width=0.5)", "auto")
+
+
 def test_a_neuron_must_define_its_dynamics_and_subclass_the_contract():
     from spikeguide.neurons import SpikingNeuron, register_neuron
 
@@ -316,7 +393,13 @@ def test_a_neuron_must_define_its_dynamics_and_subclass_the_contract():
         def charge(self, u, current):
             return u + current
 
-    with pytest.raises(SpikeguideError, match="the neuron NoReset must define reset_membrane"):
-        NoReset()
+    class NoDynamics(SpikingNeuron):
+        pass
+
+    for cls, missing in ((NoReset, "reset_membrane"), (NoDynamics, "charge and reset_membrane")):
+        with pytest.raises(SpikeguideError) as refused:
+            cls()
+        assert str(refused.value) == (f"the neuron {cls.__name__} must define {missing} "
+                                      "(see docs/extending.md)")
     with pytest.raises(TypeError, match="needs a SpikingNeuron subclass"):
         register_neuron("relu_neuron")(torch.nn.ReLU)

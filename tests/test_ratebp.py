@@ -174,6 +174,21 @@ def test_convolutions_run_step_by_step_give_the_same_spiking_pass():
     assert all(torch.equal(a, b) for a, b in zip(out.stages, ref.stages))
 
 
+@pytest.mark.parametrize("conv_steps,calls", [(1, 2 + 1), (2, 1 + 1)])
+def test_the_methods_conv_steps_reach_the_spiking_pass(conv_steps, calls):
+    # T = 2: the spiking pass calls a convolution T / conv_steps times, the rate pass once
+    from spikeguide.methods import METHODS
+
+    RateBP = METHODS.get("ratebp")
+    model, x = small("resnet19", T=2)
+    conv, count = model.stages[0][0].residual.conv1, []
+    conv_forward = conv._conv_forward
+    conv._conv_forward = lambda *args: count.append(1) or conv_forward(*args)
+    method = RateBP(model, RateBP.Options(conv_steps=conv_steps, alpha=0.0, laf=False))
+    method.training_step(x, torch.zeros(len(x), dtype=torch.long))
+    assert len(count) == calls
+
+
 def test_event_frames_are_averaged_into_one_rate_step():
     torch.manual_seed(4)
     model = create_model("vggsnn", T=5, width=0.125, in_channels=2, input_size=32).double()
@@ -194,6 +209,28 @@ def saved_bytes(model, x):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         rate_forward(model, x).logits.sum().backward()
     return total
+
+
+def test_the_replayed_batch_norm_uses_the_recorded_statistics_and_the_layers_affine_and_eps():
+    from spikeguide.ratepass.autograd import recorded_batch_norm
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3, eps=0.1)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, 2.0, -1.0]))
+        bn.bias.copy_(torch.tensor([0.3, -0.2, 1.0]))
+    x = torch.randn(4, 3, 2, 2, requires_grad=True)
+    mean, var = x.detach().mean((0, 2, 3)), x.detach().var((0, 2, 3), unbiased=False)
+    out = recorded_batch_norm(x, bn, mean, var)
+    channel = (slice(None), None, None)
+    by_hand = ((x - mean[channel]) / (var[channel] + 0.1).sqrt() * bn.weight[channel]
+               + bn.bias[channel])
+    torch.testing.assert_close(out, by_hand)
+    # with the batch's own statistics its backward is training-mode batch norm's
+    grad = torch.randn_like(out)
+    mine = torch.autograd.grad(out, (x, bn.weight, bn.bias), grad)
+    reference = F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, 0.1)
+    torch.testing.assert_close(mine, torch.autograd.grad(reference, (x, bn.weight, bn.bias), grad))
 
 
 def test_the_backward_graph_does_not_grow_with_T():
