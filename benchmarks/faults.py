@@ -219,7 +219,7 @@ def nan_loss(policy: str) -> Callable[[Bench], Result]:
         lost = ("1 step skipped, recorded" if policy == "skip" else
                 "none; steps 5-6 retrained at lr x 0.5, recorded")
         return Result(f"NaN loss, {policy}", injected,
-                      f"finished; 1 event in metrics.jsonl and the log", lost, True)
+                      "finished; 1 event in metrics.jsonl and the log", lost, True)
     fault.__name__ = f"nan_{policy}"
     return fault
 

@@ -64,8 +64,9 @@ def read_teacher_recipe(cfg: Config) -> dict:
 
 def followed_data(cfg: Config) -> dict[str, Any]:
     """The ``data`` fields of the student that its teacher recipe takes instead of its own (its
-    data folder, subsets and validation split, when both use the same dataset and ``teacher.set`` does not choose
-    them): the teacher is trained on the student's data. None: the field is unset."""
+    data folder, subsets and validation split, when both use the same dataset and
+    ``teacher.set`` does not choose them): the teacher is trained on the student's data. None:
+    the field is unset."""
     raw = read_teacher_recipe(cfg).get("data", {})
     if raw.get("name", DataConfig.name) != cfg.data.name:
         return {}

@@ -146,7 +146,7 @@ class Trainer:
         self.best_top1 = -math.inf
         self.epoch_stats = {"loss": 0.0, "correct": 0, "seen": 0}  # as of the meter's last read
         self.meter = StepMeter(device)
-        self.nonfinite = NonFiniteCounts()  # what train.on_nonfinite has done (training/nonfinite.py)
+        self.nonfinite = NonFiniteCounts()  # what train.on_nonfinite did (training/nonfinite.py)
         self.stop_signal: int | None = None
         self.log: RunLog | None = None  # the first process's, while fit runs
         self.trained_lr = cfg.optim.lr
