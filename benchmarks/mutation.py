@@ -2,8 +2,9 @@
 
     python benchmarks/mutation.py run [SHARD ...]   run the shards (default: all, in ORDER)
     python benchmarks/mutation.py report            the table and every survivor's diff
-    python benchmarks/mutation.py check SHARD TEST...
-        each survivor and no-test mutant of SHARD, activated alone, against TESTs (node ids)
+    python benchmarks/mutation.py check SHARD TEST... [--only PATTERN...]
+        each survivor and no-test mutant of SHARD (or those matching a PATTERN), activated
+        alone, against TESTs (node ids)
 
 benchmarks/mutation.sh runs both, niced. The files mutated and the tests selected are
 ``[tool.mutmut]`` in pyproject.toml; a shard is one module's mutants (trainer: the Trainer's state
@@ -99,13 +100,15 @@ def report() -> None:
         print(f"\n# {mutant}: survived\n{get_diff_for_mutant(mutant)}")
 
 
-def check(shard: str, tests: list[str]) -> None:
+def check(shard: str, tests: list[str], only: list[str]) -> None:
     """Run ``tests`` (of the working tree) against each of the shard's survivors and mutants no
-    selected test reached, one at a time: mutmut's own mutated sources, copied aside so that a run
-    in progress does not change them, with the mutant switched on by ``MUTANT_UNDER_TEST``."""
+    selected test reached (those matching a pattern of ``only``, when given), one at a time:
+    mutmut's own mutated sources, copied aside so that a run in progress does not change them,
+    with the mutant switched on by ``MUTANT_UNDER_TEST``."""
     found = statuses()
     names = [m for m, status in sorted(found.items())
-             if shard_of(m) == shard and status in ("survived", "no tests")]
+             if shard_of(m) == shard and status in ("survived", "no tests")
+             and (not only or any(fnmatch.fnmatchcase(m, p) for p in only))]
     with tempfile.TemporaryDirectory() as snapshot:
         shutil.copytree(ROOT / "mutants" / "src", snapshot, dirs_exist_ok=True)
         env = {**os.environ, "PYTHONPATH": snapshot, "OMP_NUM_THREADS": "1"}
@@ -129,6 +132,8 @@ def main() -> None:
     check_parser = sub.add_parser("check")
     check_parser.add_argument("shard", choices=ORDER)
     check_parser.add_argument("tests", nargs="+", metavar="TEST")
+    check_parser.add_argument("--only", nargs="+", default=[], metavar="PATTERN",
+                              help="check only the mutants matching these patterns (fnmatch)")
     args = parser.parse_args()
     unknown = [s for s in getattr(args, "shards", []) if s not in SHARDS]
     if unknown:
@@ -136,7 +141,7 @@ def main() -> None:
     if args.command == "run":
         run(args.shards or ORDER, args.jobs)
     elif args.command == "check":
-        check(args.shard, args.tests)
+        check(args.shard, args.tests, args.only)
     else:
         report()
 

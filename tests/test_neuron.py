@@ -316,6 +316,22 @@ def test_a_lif_subclass_with_its_reset_gain_is_recorded_from_its_own_dynamics():
     torch.testing.assert_close(eligibility, shift.grad)
 
 
+def test_the_rate_recorder_keeps_a_neurons_own_dynamics_records_for_the_rate_pass():
+    from spikeguide.ratepass import RateRecorder
+
+    torch.manual_seed(4)
+    neuron = HalfSoftLIFWithGain(decay=0.7, surrogate="sigmoid")
+    current = torch.randn(5, 2, 20, dtype=torch.double) + 0.8  # [T, B, N]
+    recorder = RateRecorder(neuron)
+    with torch.no_grad(), recorder.recording(5):
+        spikes = neuron(current)
+    (counts, T, eligibility), = recorder.records[neuron]
+    expected = record_dynamics(neuron, current)
+    assert torch.equal(spikes, expected[0]) and T == 5
+    assert torch.equal(counts, expected[1].unsqueeze(0))  # [1, B, N]: the rate pass's layout
+    torch.testing.assert_close(eligibility, expected[2].unsqueeze(0), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("reset,detach", [("soft", True), ("soft", False), ("hard", True),
                                           ("hard", False)])
 def test_the_generic_recorder_agrees_with_the_lif_fast_path(reset, detach):

@@ -282,3 +282,30 @@ def test_rate_methods_freeze_the_neurons_own_parameters(method):
     assert decays and not any(p.requires_grad for p in decays)
     assert all(p.requires_grad for n, p in model.named_parameters() if "decay_logit" not in n)
     built.training_step(x, torch.zeros(len(x), dtype=torch.long)).loss.backward()
+
+
+def test_layers_the_rate_pass_cannot_route_are_refused_with_the_reason():
+    from spikeguide.models.attention import SpikeAttention
+    from spikeguide.ratepass.recorder import rule_for
+    from spikeguide.training.distributed import CPUSyncBatchNorm
+
+    def refusal(module):
+        with pytest.raises(SpikeguideError) as err:
+            rule_for(module)
+        return str(err.value)
+
+    attention = next(m for m in create_model("spikformer", width=1 / 16, T=2).modules()
+                     if isinstance(m, SpikeAttention))
+    assert refusal(attention) == (
+        "rate-based backpropagation does not support SpikingSelfAttention: it multiplies two "
+        "spike tensors, and the time average of a product is not the product of the rates "
+        "(docs/ratebp.md); train spiking transformers with bptt, kd or enof")
+    assert refusal(CPUSyncBatchNorm(3).train()) == (
+        "rate-based backpropagation records the batch statistics of plain batch norm only, not "
+        "of CPUSyncBatchNorm: train it without train.sync_batchnorm")
+    assert rule_for(CPUSyncBatchNorm(3).eval()) is None  # running statistics: linear
+    assert refusal(nn.GELU()) == (
+        "rate-based backpropagation does not support the layer GELU: it must know whether the "
+        "layer is linear over time (conv, linear, average pooling, BN) or how to replace it by "
+        "its time average (spiking neurons, ReLU, max pooling)")
+    assert rule_for(nn.Linear(2, 2)) is None and rule_for(nn.Sequential(nn.GELU())) is None

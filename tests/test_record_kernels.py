@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from spikeguide.models import create_model
 from spikeguide.neurons import LIF, SURROGATES, Surrogate, get_surrogate
 from spikeguide.neurons.kernels import cpu
 from spikeguide.neurons.kernels.record import fused_record, record_backend
-from spikeguide.ratepass import RateRecorder, eligibility, rate_forward
+from spikeguide.ratepass import RateRecorder, eligibility, rate_forward, recorder
 from spikeguide.ratepass.eligibility import record_eager, record_neuron
 from spikeguide.ratepass.passes import two_passes
 
@@ -179,11 +180,108 @@ def test_the_spiking_pass_updates_running_statistics_as_batch_norm_does():
 
 def test_batch_norm_of_a_single_value_per_channel_is_refused():
     model = nn.Sequential(nn.BatchNorm1d(3)).train()
-    with pytest.raises(SpikeguideError, match="more than one value per channel"):
+    with pytest.raises(SpikeguideError) as err:
         with torch.no_grad(), RateRecorder(model).recording(1):
             model(torch.randn(1, 3))
+    assert str(err.value) == ("BatchNorm1d needs more than one value per channel in training, "
+                              "got an input of shape (1, 3)")
 
 
 def test_conv_steps_must_not_be_negative():
     with pytest.raises(SpikeguideError, match="method.conv_steps must be >= 0"):
         RateBP.Options(conv_steps=-1)
+
+
+def test_a_relu_records_the_time_mean_of_its_autograd_derivative_even_at_zero():
+    T, B = 2, 2
+    x = torch.tensor([[-1.0, 0.0, 2.0], [0.0, 3.0, -2.0], [1.0, 0.0, 0.5], [0.0, -1.0, 4.0]],
+                     requires_grad=True)  # time-folded [T*B, 3], exact zeros included
+    torch.relu(x).sum().backward()  # autograd's ReLU derivative is 0 at 0
+    relu = nn.ReLU()
+    out, (rate, elig) = recorder._record_relu(relu, relu, x.detach(), T)
+    assert torch.equal(elig, x.grad.reshape(T, B, 3).mean(0))
+    assert torch.equal(rate, torch.relu(x.detach()).reshape(T, B, 3).mean(0))
+    assert torch.equal(out, torch.relu(x.detach()))
+
+
+def test_a_replayed_neuron_given_another_shape_names_the_module_and_both_shapes():
+    record = (torch.zeros(4, 3, dtype=torch.uint8), 2, torch.zeros(4, 3))
+    with pytest.raises(SpikeguideError) as err:
+        recorder._replay_neuron(LIF(), None, torch.zeros(2, 3), record)
+    assert str(err.value) == ("the rate pass gave LIF an input of shape (2, 3), the spiking "
+                              "pass recorded (4, 3)")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_channel_statistics_of_half_precision_inputs_are_summed_and_returned_in_float32(dtype):
+    x = (torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.5
+         + 4).to(dtype)
+    mean, var = recorder.channel_stats(x)
+    assert mean.dtype == var.dtype == torch.float32
+    ref = x.double()
+    torch.testing.assert_close(mean.double(), ref.mean((0, 2, 3)), rtol=1e-6, atol=0)
+    # E[x^2] - mean^2 loses about (mean / std)^2 = 64 float32 ulps of E[x^2]
+    torch.testing.assert_close(var.double(), ref.var((0, 2, 3), unbiased=False), rtol=1e-3,
+                               atol=0)
+
+
+def test_convolutions_default_to_every_step_at_once_on_cuda_and_to_one_on_cpu():
+    on_cuda = SimpleNamespace(device=torch.device("cuda"))  # only its device is read
+    on_cpu = torch.zeros(1)
+    assert recorder.conv_steps_for(on_cuda, 4, 0) == 4
+    assert recorder.conv_steps_for(on_cpu, 4, 0) == 1
+    assert recorder.conv_steps_for(on_cuda, 4, 1) == 1  # an explicit count wins everywhere
+    assert recorder.conv_steps_for(on_cpu, 4, 2) == 2
+    assert recorder.conv_steps_for(on_cuda, 4, 8) == 4  # at most T
+
+
+def test_a_convolution_in_the_spiking_pass_runs_conv_steps_time_steps_per_call():
+    T, B = 4, 3
+    conv = nn.Conv2d(2, 2, 3, padding=1)
+    rows = []
+
+    def forward(part):
+        rows.append(len(part))
+        return conv(part)
+
+    x = torch.randn(T * B, 2, 5, 5)
+    out, record = recorder._time_chunked(conv, forward, x, T, steps=2)
+    assert rows == [2 * B, 2 * B] and record is None
+    torch.testing.assert_close(out, conv(x))
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (2, 3)])  # (2, 3): two values a channel
+@pytest.mark.parametrize("track", [True, False])
+def test_a_recorded_batch_norm_gives_its_own_training_forward(shape, track):
+    bn = (nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d)(
+        3, eps=0.1, track_running_stats=track).train()
+    with torch.no_grad():  # away from the identity affine
+        bn.weight.copy_(torch.tensor([0.5, -2.0, 3.0]))
+        bn.bias.copy_(torch.tensor([1.0, 0.25, -0.5]))
+    reference = copy.deepcopy(bn)
+    x = torch.randn(shape)
+    out, (mean, var) = recorder._record_batch_norm(bn, bn, x, 2)
+    torch.testing.assert_close(out, reference(x))
+    dims = (0, 2, 3) if len(shape) == 4 else (0,)
+    torch.testing.assert_close(mean, x.mean(dims))
+    torch.testing.assert_close(var, x.var(dims, unbiased=False))
+    for a, b in zip(bn.buffers(), reference.buffers()):
+        torch.testing.assert_close(a, b)
+
+
+def test_only_a_batch_norm_that_normalizes_with_its_batch_is_routed():
+    assert recorder.rule_for(nn.BatchNorm2d(3).train()) is not None
+    assert recorder.rule_for(nn.BatchNorm2d(3).eval()) is None  # running statistics: linear
+    assert recorder.rule_for(nn.BatchNorm2d(3, track_running_stats=False).eval()) is not None
+
+
+def test_a_float64_cumulative_average_matches_batch_norm_to_float64_rounding():
+    bn = nn.BatchNorm2d(3, momentum=None).double().train()
+    reference = copy.deepcopy(bn)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):  # factors 1, 1/2, 1/3: the last is not a float32 number
+        x = torch.randn(4, 3, 5, 5, generator=gen, dtype=torch.float64) + 1
+        recorder._record_batch_norm(bn, bn, x, 2)
+        reference(x)
+    torch.testing.assert_close(bn.running_mean, reference.running_mean, rtol=1e-13, atol=0)
+    torch.testing.assert_close(bn.running_var, reference.running_var, rtol=1e-13, atol=0)

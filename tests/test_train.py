@@ -133,6 +133,26 @@ def test_elapsed_time_in_the_log_counts_the_processes_before_a_resume(tmp_path):
     assert read_metrics(cfg.run_dir)[-1].elapsed_s > 3600
 
 
+def test_a_checkpoint_without_the_later_keys_resumes_with_their_defaults(tmp_path):
+    """Checkpoints of older versions hold no elapsed time, non-finite counts or planned epochs;
+    the counts a checkpoint does hold come back."""
+    from spikeguide.training.nonfinite import NonFiniteCounts
+
+    cfg = parse_config(tiny_config(tmp_path, train={"epochs": 1}))
+    trainer = trainer_for(cfg)
+    state = trainer.state_dict()
+    trainer.elapsed_before, trainer.nonfinite = 50.0, NonFiniteCounts(skipped=3, rollbacks=1)
+    trainer.load_state_dict({k: v for k, v in state.items()
+                             if k not in ("elapsed_s", "nonfinite", "epochs")})
+    assert trainer.elapsed_before == 0.0 and trainer.nonfinite == NonFiniteCounts()
+    assert trainer.epochs == 1
+    trainer.load_state_dict({**state, "elapsed_s": 12.5, "nonfinite": {"skipped": 2,
+                                                                        "rollbacks": 4}})
+    assert trainer.elapsed_before == 12.5
+    assert trainer.nonfinite == NonFiniteCounts(skipped=2, rollbacks=4)
+    assert trainer.state_dict()["nonfinite"] == {"skipped": 2, "rollbacks": 4}
+
+
 def test_a_checkpoint_of_a_newer_format_is_a_one_line_error(tmp_path):
     from spikeguide.training.checkpoint import FORMAT, save_checkpoint
 

@@ -13,7 +13,13 @@ from spikeguide.errors import SpikeguideError
 from spikeguide.export.nir import to_nir
 from spikeguide.methods import METHODS
 from spikeguide.models import create_model
-from spikeguide.models.attention import SpikeMask, SpikeMatmul, SpikingSelfAttention
+from spikeguide.models.attention import (
+    QKAttention,
+    SpikeDrivenSelfAttention,
+    SpikeMask,
+    SpikeMatmul,
+    SpikingSelfAttention,
+)
 from spikeguide.models.layers import TimeSequential
 from spikeguide.neurons import LIF
 
@@ -120,6 +126,50 @@ def test_spiking_self_attention_against_a_hand_computation():
                     score = (q[b, n, cs] * k[b, m, cs]).sum() * 0.125  # no softmax
                     out[b, n, cs] += score * v[b, m, cs]
     expected = project(attn.proj, torch.relu(out))
+    got = attn(x)[0].flatten(2).transpose(1, 2)
+    torch.testing.assert_close(got, expected)
+
+
+def projected(layer, tokens, act=True):
+    """``[B, N, C]`` tokens through a 1x1 conv, eval-mode BN with fresh statistics and ReLU."""
+    y = tokens @ layer.conv.weight[:, :, 0, 0].T
+    if layer.conv.bias is not None:
+        y = y + layer.conv.bias
+    y = y / (1 + 1e-5) ** 0.5
+    return torch.relu(y) if act else y
+
+
+def test_spike_driven_self_attention_against_a_hand_computation():
+    """SDSA's ANN twin: x + BN(conv(Q * relu(sum over tokens of K * V))), Q, K, V from relu(x)."""
+    torch.manual_seed(1)
+    dim, heads, N = 4, 2, 3
+    attn = SpikeDrivenSelfAttention(dim, heads, nn.ReLU).eval()
+    x = torch.randn(1, 2, dim, 1, N)
+    tokens = x[0].flatten(2).transpose(1, 2)  # [B, N, C]
+    q, k, v = (projected(getattr(attn, n), torch.relu(tokens)) for n in "qkv")
+    kv = torch.relu((k * v).sum(1, keepdim=True))  # per channel (so per head), over the tokens
+    expected = tokens + projected(attn.proj, q * kv, act=False)
+    got = attn(x)[0].flatten(2).transpose(1, 2)
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("axis", ["token", "channel"])
+def test_qk_attention_against_a_hand_computation(axis):
+    """QKFormer's ANN twin: relu(BN(conv(A * K))), A = relu(sum of Q over the head's channels)
+    per token (``axis="token"``), or over the tokens per channel (``"channel"``)."""
+    torch.manual_seed(2)
+    dim, heads, N = 4, 2, 3
+    attn = QKAttention(dim, heads, nn.ReLU, axis=axis).eval()
+    x = torch.randn(1, 2, dim, 1, N)
+    tokens = x[0].flatten(2).transpose(1, 2)  # [B, N, C]
+    q, k = (projected(getattr(attn, n), tokens) for n in "qk")
+    d = dim // heads
+    masked = torch.zeros_like(k)
+    for h in range(heads):
+        cs = slice(h * d, (h + 1) * d)
+        a = q[:, :, cs].sum(2 if axis == "token" else 1, keepdim=True)
+        masked[:, :, cs] = torch.relu(a) * k[:, :, cs]
+    expected = projected(attn.proj, masked)
     got = attn(x)[0].flatten(2).transpose(1, 2)
     torch.testing.assert_close(got, expected)
 

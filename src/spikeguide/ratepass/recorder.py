@@ -175,7 +175,8 @@ def update_running_stats(bn: BatchNorm, mean: torch.Tensor, var: torch.Tensor, n
     bn.num_batches_tracked.add_(1)
     factor = bn.momentum
     if factor is None:  # a cumulative average; a tensor, so that the host does not wait for it
-        factor = (1.0 / bn.num_batches_tracked).to(bn.running_mean.dtype)
+        # divided in the statistics' dtype: an integer tensor divides in float32
+        factor = 1.0 / bn.num_batches_tracked.to(bn.running_mean.dtype)
     bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
     bn.running_var.lerp_((var * (n / (n - 1))).to(bn.running_var.dtype), factor)
 

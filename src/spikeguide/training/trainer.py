@@ -84,10 +84,12 @@ def firing_text(rate: float | None) -> str:
 class Trainer:
     """Trains ``method`` on ``train_set``, evaluating on ``test_set`` after every epoch (with a
     ``val_set``: on it after every epoch, on ``test_set`` after the last or as
-    ``train.test_every_epoch`` says)."""
+    ``train.test_every_epoch`` says). ``teacher_spent_s``: the seconds the run of a teacher
+    recipe trained in a share of ``train.time_budget`` recorded (:func:`run_seconds`)."""
 
     def __init__(self, cfg: Config, method: Method, train_set: Dataset, test_set: Dataset, *,
-                 device: torch.device, dist: DistInfo = DistInfo(), val_set: Dataset | None = None):
+                 device: torch.device, dist: DistInfo = DistInfo(), val_set: Dataset | None = None,
+                 teacher_spent_s: float | None = None):
         self.cfg = cfg
         self.device = device
         self.dist = dist
@@ -127,7 +129,7 @@ class Trainer:
         # the epochs to train: train.epochs, or as many as fit train.time_budget (chosen once the
         # first steps are timed, then kept in every checkpoint)
         self.epochs = cfg.train.epochs
-        budget_s = run_seconds(cfg)
+        budget_s = run_seconds(cfg, teacher_spent_s)
         self.budget = None if budget_s is None else TimeBudget(budget_s)
         self.planned = self.budget is None
         steps = len(self.train_loader)
@@ -194,7 +196,7 @@ class Trainer:
         self.elapsed_before = state.get("elapsed_s", 0.0)  # absent in older checkpoints
         self.nonfinite = NonFiniteCounts(**state.get("nonfinite", {}))
 
-    def save(self, name: str = "latest") -> Path:
+    def save(self, name: str) -> Path:
         """Write a checkpoint (every process calls this: the meter is read first, so that a
         non-finite loss since the last read stops the run before weights are written)."""
         self._read()
