@@ -10,7 +10,7 @@ from spikeguide.training.budget import EpochCost, parse_duration, plan_epochs, r
 from spikeguide.training.checkpoint import load_checkpoint
 from spikeguide.training.run import is_finished, train
 from spikeguide.training.runlog import read_metrics
-from spikeguide.training.teacher import teacher_config
+from spikeguide.training.teacher import teacher_config, teacher_spent_seconds
 from spikeguide.training.trainer import Trainer
 
 STEPS = 1437 // 64  # the tiny run's steps per epoch (digits, batch 64, drop_last)
@@ -44,7 +44,24 @@ def test_the_teacher_recipe_trains_in_its_share_and_the_student_in_the_rest(tmp_
                                    train={"time_budget": "4m"}))
     assert teacher_config(cfg).train.time_budget == 60
     assert run_seconds(cfg) == 180
+    # what the teacher's run left of its 60 s goes to the student; it never takes more
+    assert run_seconds(cfg, teacher_spent_s=45) == 195
+    assert run_seconds(cfg, teacher_spent_s=70) == 180
     assert run_seconds(parse_config(tiny_config(tmp_path, train={"time_budget": "4m"}))) == 240
+
+
+def test_the_student_budget_is_what_the_teachers_recorded_run_left(tmp_path):
+    recipe = write_recipe(tmp_path / "teacher.toml", tiny_config(
+        tmp_path, name="teacher", method={"name": "ann"}, train={"epochs": 1}))
+    cfg = parse_config(tiny_config(tmp_path, teacher={"recipe": str(recipe), "budget_share": 0.5},
+                                   train={"time_budget": "1h"}))
+    assert teacher_spent_seconds(cfg) is None  # not trained yet
+    train(teacher_config(cfg))
+    spent = read_metrics(tmp_path / "runs" / "teacher")[-1].elapsed_s
+    assert 0 < spent < 1800
+    assert teacher_spent_seconds(cfg) == spent
+    no_share = parse_config(tiny_config(tmp_path, teacher={"recipe": str(recipe)}))
+    assert teacher_spent_seconds(no_share) is None
 
 
 def test_plan_against_a_hand_computed_example():

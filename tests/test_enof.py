@@ -165,6 +165,19 @@ def test_teacher_recipe_is_trained_first_evaluated_once_and_recorded(tmp_path, c
     assert (teacher_dir / "latest.pt").stat().st_mtime_ns == mtime  # finished: not retrained
 
 
+def test_the_student_initialized_from_a_teacher_recipe_names_its_run_directory(tmp_path, caplog):
+    from conftest import write_recipe
+
+    recipe = write_recipe(tmp_path / "ann.toml", tiny_config(
+        tmp_path, name="ann", method={"name": "ann"}, train={"epochs": 1, "progress": False}))
+    student = parse_config(tiny_config(
+        tmp_path, name="snn", method={"name": "enof"}, train={"epochs": 1, "progress": False},
+        teacher={"recipe": str(recipe), "init_student": True}))
+    with caplog.at_level("INFO", logger="spikeguide"):
+        train(student, max_steps=1)
+    assert f"student initialized from teacher {tmp_path / 'runs' / 'ann'}\n" in caplog.text
+
+
 def test_a_teacher_of_another_width_is_refused(tmp_path):
     teacher = train(parse_config(tiny_config(tmp_path, name="ann", method={"name": "ann"},
                                              train={"epochs": 1, "progress": False})))

@@ -10,7 +10,8 @@ should the estimate run short, the run stops at the deadline with a checkpoint, 
 The budget counts the run's training and evaluation, every resumed process included, from the
 start of its first step; loading the data and building the model come before it. A teacher
 recipe trained first takes ``teacher.budget_share`` of the student's budget, the student the
-rest.
+rest: the whole budget less the seconds the teacher's run recorded, so that what a teacher's
+plan leaves of its share (its last epoch did not fit) is not lost.
 """
 
 from __future__ import annotations
@@ -68,13 +69,17 @@ def check_budget(cfg: Any) -> None:
                               "(the share of the budget the teacher recipe trains in)")
 
 
-def run_seconds(cfg: Any) -> float | None:
+def run_seconds(cfg: Any, teacher_spent_s: float | None = None) -> float | None:
     """The seconds this run's own training may take (None: no budget): ``train.time_budget``,
-    less the teacher's share when a teacher recipe takes one."""
+    less the teacher's share when a teacher recipe takes one. ``teacher_spent_s``: the seconds
+    the teacher's run recorded; what it left of its share goes to the student."""
     if cfg.train.time_budget is None:
         return None
     seconds = parse_duration(cfg.train.time_budget)
-    return seconds * (1 - cfg.teacher.budget_share) if cfg.teacher.budget_share else seconds
+    if not cfg.teacher.budget_share:
+        return seconds
+    share_s = seconds * cfg.teacher.budget_share
+    return seconds - (share_s if teacher_spent_s is None else min(share_s, teacher_spent_s))
 
 
 def teacher_seconds(cfg: Any) -> float | None:

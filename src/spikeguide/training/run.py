@@ -20,6 +20,7 @@ from ..errors import SpikeguideError, TrainingStopped
 from ..methods import METHODS, Method
 from ..models import checked_weights, load_twin_weights
 from ..neurons.kernels import empty_cache
+from .budget import run_seconds
 from .build import build_model, build_run_datasets
 from .checkpoint import LATEST, UnreadableCheckpoint, load_checkpoint
 from .configdiff import check_resume_config, config_differences
@@ -32,7 +33,14 @@ from .distributed import (
     resolve_device,
 )
 from .resume import Resume, after_restart, has_checkpoint, read_resume_point, wants_resume
-from .teacher import followed_data, prepare_teacher, recorded_teacher_top1, teacher_config
+from .teacher import (
+    followed_data,
+    prepare_teacher,
+    recorded_teacher_top1,
+    teacher_config,
+    teacher_source,
+    teacher_spent_seconds,
+)
 from .threads import set_threads
 from .trainer import Trainer, TrainSummary
 
@@ -51,8 +59,9 @@ def build_method(cfg: Config, train_set: Dataset, test_set: Dataset | None = Non
     teacher = (prepare_teacher(cfg, student, test_set, teacher_record, train_set.frame_shape)
                if uses_teacher(cfg) else None)
     if cfg.teacher.init_student:
-        load_twin_weights(student, teacher.state_dict(), f"teacher {cfg.teacher.checkpoint}")
-        log.info("student initialized from teacher %s", cfg.teacher.checkpoint)
+        source = teacher_source(cfg)
+        load_twin_weights(student, teacher.state_dict(), f"teacher {source}")
+        log.info("student initialized from teacher %s", source)
     return method_cls(student, cfg.method.options, teacher=teacher if guided else None,
                       label_smoothing=cfg.train.label_smoothing)
 
@@ -116,8 +125,12 @@ def train(cfg: Config, *, resume: Resume = False, overwrite: bool = False,
     # the teacher is evaluated and recorded by one process
     method = build_method(cfg, train_set, test_set if dist.is_main else None,
                           teacher_record if dist.is_main else None)
+    teacher_spent_s = teacher_spent_seconds(cfg)
+    if teacher_spent_s is not None and dist.is_main:
+        log.info("the teacher's run spent %.0f s of its share of train.time_budget: this run's "
+                 "budget is %.0f s", teacher_spent_s, run_seconds(cfg, teacher_spent_s))
     trainer = Trainer(cfg, method, train_set, test_set, device=device, dist=dist,
-                      val_set=val_set)
+                      val_set=val_set, teacher_spent_s=teacher_spent_s)
     if start is not None:
         checked_weights(method.student, start.state["model"], str(start.path))
         trainer.load_state_dict(start.state)

@@ -42,6 +42,7 @@ from ..models import SpikingNet
 from .budget import teacher_seconds
 from .build import load_model
 from .distributed import resolve_device
+from .runlog import read_metrics
 from .scoring import score_model
 
 log = logging.getLogger("spikeguide")
@@ -186,6 +187,15 @@ def prepare_teacher(cfg: Config, student: SpikingNet, test_set: Dataset | None =
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         (cfg.run_dir / TEACHER_FILE).write_text(json.dumps(record, indent=1) + "\n")
     return teacher
+
+
+def teacher_spent_seconds(cfg: Config) -> float | None:
+    """The seconds the teacher recipe's run recorded (``elapsed_s`` of its last epoch) when it
+    trains in a share of the student's budget; None otherwise, or before its first epoch."""
+    if cfg.teacher.budget_share is None or cfg.teacher.recipe is None:
+        return None
+    records = read_metrics(teacher_config(cfg).run_dir)
+    return records[-1].elapsed_s if records else None
 
 
 def recorded_teacher_top1(run_dir: str | Path) -> float | None:
