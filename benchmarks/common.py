@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from spikeguide.models import SpikingNet, create_model
+from spikeguide.models.attention import SpikingSelfAttention
 from spikeguide.models.layers import TimeSequential
 from spikeguide.models.resnet import BasicBlock
 from spikeguide.neurons import LIF
@@ -206,6 +207,31 @@ def spikingjelly_twin(net: SpikingNet) -> nn.Module:
     return SJNet(net, translate)
 
 
+class MeanOverTime(nn.Module):
+    """A SpikingJelly multi-step model's ``[T, B, K]`` outputs averaged over T, as its examples do."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).mean(0)
+
+
+def spikingjelly_spikformer(net: SpikingNet) -> nn.Module:
+    """SpikingJelly's own Spikformer (``model.spikformer``; its ``spikformer_cifar10`` at width 1)
+    at the depth, width and heads of our ``spikformer``. Attention has no module-by-module
+    translation, so this is SpikingJelly's implementation of the same architecture, not a twin."""
+    from spikingjelly.activation_based.model.spikformer import Spikformer
+
+    attention = [m for m in net.modules() if isinstance(m, SpikingSelfAttention)]
+    dim = net.classifier.in_features
+    return MeanOverTime(Spikformer(T=net.T, img_size_h=32, img_size_w=32, patch_size=4,
+                                   num_classes=net.classifier.out_features, embed_dims=dim,
+                                   num_heads=attention[0].heads, mlp_ratio=4.0,
+                                   depths=len(attention)))
+
+
 # --------------------------------------------------------------------------------------------
 # Contenders: one network, several implementations
 # --------------------------------------------------------------------------------------------
@@ -247,13 +273,20 @@ def spikingjelly_precision(model: nn.Module, device: torch.device, amp_dtype: to
 def spikingjelly_step(net: SpikingNet, x: torch.Tensor, y: torch.Tensor, fmt: str,
                       sj_functional, amp_dtype: torch.dtype | None = None
                       ) -> tuple[Callable[[], None], str]:
-    """The training step of ``net``'s SpikingJelly twin (in bf16 through SpikingJelly's precision
+    """The training step of ``net``'s SpikingJelly twin, or of SpikingJelly's own Spikformer for
+    our ``spikformer`` (:func:`spikingjelly_spikformer`), (in bf16 through SpikingJelly's precision
     API, :func:`spikingjelly_precision`), and a line comparing the two networks (parameters, and
     :func:`twin_difference` of float32 copies)."""
-    sj = spikingjelly_twin(net).to(x.device, memory_format=FORMATS[fmt])
-    line = (f"parameters spikeguide {sum(p.numel() for p in net.parameters()):,}, spikingjelly "
-            f"{sum(p.numel() for p in sj.parameters()):,}; "
-            + twin_difference(net, sj, x, y, sj_functional))
+    counts = f"parameters spikeguide {sum(p.numel() for p in net.parameters()):,}, spikingjelly "
+    if any(isinstance(m, SpikingSelfAttention) for m in net.modules()):
+        sj = spikingjelly_spikformer(net).to(x.device, memory_format=FORMATS[fmt])
+        line = (counts + f"{sum(p.numel() for p in sj.parameters()):,}; SpikingJelly's own "
+                "Spikformer at the same depth, width and heads (its neurons and initial weights, "
+                "not a twin: outputs not compared)")
+    else:
+        sj = spikingjelly_twin(net).to(x.device, memory_format=FORMATS[fmt])
+        line = (counts + f"{sum(p.numel() for p in sj.parameters()):,}; "
+                + twin_difference(net, sj, x, y, sj_functional))
     precision = spikingjelly_precision(sj, x.device, amp_dtype)
     if precision is None:
         return make_step(sj, x, y, sj_functional.reset_net), line

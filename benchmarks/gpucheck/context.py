@@ -42,12 +42,14 @@ class Sizes:
     max_epochs: int
 
 
-# The issue's sizes: resnet19 at full width, batch 128, T = 4 and resnet20, T = 2; the memory
+# The issue's sizes: resnet19 at full width, batch 128, T = 4, resnet20, T = 2, and
+# Spikformer-4-384 at T = 4 (against SpikingJelly's own Spikformer); the memory
 # table at the rate-BP recipes' size (resnet19, batch 128)
 FULL = Sizes(
     neuron_shape=(16, 32, 8, 8),
     model_check=Network("resnet20", 0.25, 16, 3),
-    speed_networks=(Network("resnet19", 1.0, 128, 4), Network("resnet20", 1.0, 128, 2)),
+    speed_networks=(Network("resnet19", 1.0, 128, 4), Network("resnet20", 1.0, 128, 2),
+                    Network("spikformer", 1.0, 128, 4)),  # width 1: Spikformer-4-384
     speed_rounds=3, speed_max_iters=10,
     layer=(4, 1 << 22),
     memory_network=Network("resnet19", 1.0, 128, 1), memory_T=(1, 2, 4, 8), memory_max_steps=5,
@@ -58,7 +60,7 @@ FULL = Sizes(
 SMOKE = Sizes(
     neuron_shape=(4, 8, 8, 8),
     model_check=Network("resnet20", 0.0625, 2, 2),
-    speed_networks=(Network("resnet20", 0.0625, 4, 2),),
+    speed_networks=(Network("resnet20", 0.0625, 4, 2), Network("spikformer", 0.0625, 4, 2)),
     speed_rounds=1, speed_max_iters=1,
     layer=(2, 4096),
     memory_network=Network("resnet19", 0.0625, 4, 1), memory_T=(1, 2), memory_max_steps=1,

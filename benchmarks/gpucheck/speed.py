@@ -3,6 +3,8 @@
 One group per network and precision (fp32, or bf16 autocast); in each, every backend and
 SpikingJelly run in both memory formats on the same random batch and the same initial weights
 (``common.py``), timed in interleaved rounds; the best round counts, the median is beside it.
+Attention has no module-by-module SpikingJelly translation: the Spikformer groups time
+SpikingJelly's own Spikformer at the same depth, width and heads (its own initial weights).
 A backend that runs another one's kernels at this precision is not timed twice. Beside them:
 the ``auto`` backend under ``torch.compile`` (channels_last; its compilation is the first step,
 reported apart from the timed rounds), and SpikingJelly in bf16 through its precision API
