@@ -274,3 +274,35 @@ def test_a_teacher_folder_of_another_config_names_the_keys_and_the_way_out(tmp_p
                                               r"with --set name=OTHER \(a teacher: "
                                               r"teacher.checkpoint=DIR\)"):
         train(parse_config({**other, "name": "snn2"}))
+
+
+@pytest.mark.parametrize("val_split", [None, 200])
+def test_a_student_starts_from_its_teachers_best_epoch_only_where_validation_chose_it(
+        tmp_path, val_split):
+    import shutil
+    from pathlib import Path
+
+    from spikeguide.training.build import build_run_datasets, load_model
+    from spikeguide.training.run import build_method
+    from spikeguide.training.teacher import teacher_weights
+
+    data = {} if val_split is None else {"val_split": val_split}
+    runs = [Path(train(parse_config(tiny_config(
+        tmp_path, name=f"ann{seed}", method={"name": "ann"}, data=data,
+        train={"epochs": 1, "seed": seed}))).run_dir) for seed in (0, 1)]
+    teacher_dir = runs[0]
+    # best.pt now holds other weights than latest.pt, as after a best epoch before the last
+    shutil.copyfile(runs[1] / "latest.pt", teacher_dir / "best.pt")
+    chosen = teacher_dir / ("latest.pt" if val_split is None else "best.pt")
+    assert teacher_weights(str(teacher_dir)) == str(chosen)
+    assert teacher_weights(str(runs[1] / "best.pt")) == str(runs[1] / "best.pt")  # a file as named
+
+    cfg = parse_config(tiny_config(tmp_path, name="snn", method={"name": "enof"}, data=data,
+                                   teacher={"checkpoint": str(teacher_dir), "init_student": True}))
+    train_set = build_run_datasets(cfg)[0]
+    student = build_method(cfg, train_set).student
+    expected = load_model(str(chosen))[0].state_dict()
+    other = load_model(str(runs[1 if val_split is None else 0] / "latest.pt"))[0].state_dict()
+    key = "classifier.weight"
+    assert torch.equal(student.state_dict()[key], expected[key])
+    assert not torch.equal(expected[key], other[key])

@@ -124,6 +124,31 @@ def test_two_gloo_processes_match_one_process(tmp_path):
                                                          "metrics.jsonl", "tb"]
 
 
+
+@pytest.mark.parametrize("settings", [dict(momentum=None), dict(affine=False),
+                                      dict(track_running_stats=False)])
+def test_the_gloo_sync_batchnorm_is_torchs_batchnorm_in_one_process(tmp_path, settings):
+    """One process: the global batch is the local one, so every batch norm setting must give
+    nn.BatchNorm2d's outputs and running statistics (momentum None: a cumulative average)."""
+    import torch.distributed as dist
+
+    from spikeguide.training.distributed import CPUSyncBatchNorm
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        torch.manual_seed(0)
+        ref = torch.nn.BatchNorm2d(3, **settings).double().train()
+        sync = CPUSyncBatchNorm(3, **settings).double().train()
+        sync.load_state_dict(ref.state_dict())
+        for _ in range(3):
+            x = torch.randn(4, 3, 5, 5, dtype=torch.float64) * 2 + 1
+            assert torch.allclose(sync(x), ref(x), atol=1e-10)
+        for a, b in zip(sync.buffers(), ref.buffers()):
+            assert torch.allclose(a.double(), b.double(), atol=1e-12)
+    finally:
+        dist.destroy_process_group()
+
 class Exploit:
     def __reduce__(self):
         return (os.system, ("echo pwned > /dev/null",))

@@ -47,7 +47,7 @@ from ..errors import SpikeguideError, TrainingStopped
 from ..training.build import build_test_set, load_model
 from ..training.run import ensure_teacher, ensure_trained
 from ..training.runlog import read_metrics
-from ..training.teacher import score_teacher, teacher_source
+from ..training.teacher import score_teacher, teacher_source, teacher_weights
 from ..training.threads import choose_threads
 
 
@@ -208,7 +208,7 @@ def write_tables(out: Path, title: str, teacher: str, teacher_top1: float | None
 
 def shared_teacher(base: Config, source: str) -> dict[str, Any]:
     """The teacher's test record, evaluated once for every cell of the ablation."""
-    teacher, _, _ = load_model(source)
+    teacher, _, _ = load_model(teacher_weights(source))
     return score_teacher(base, teacher, source, build_test_set(base))
 
 

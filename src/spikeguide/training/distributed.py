@@ -127,7 +127,9 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
     """Batch norm whose statistics cover the global batch, on any device and backend.
 
     ``nn.SyncBatchNorm`` only runs on GPUs; this one sums the statistics with a differentiable
-    all-reduce, so autograd sums the gradients of the statistics over processes too. Used for gloo (CPU) training; CUDA uses ``nn.SyncBatchNorm``.
+    all-reduce, so autograd sums the gradients of the statistics over processes too. Used for
+    gloo (CPU) training; CUDA uses ``nn.SyncBatchNorm``. Takes every setting of
+    ``nn.BatchNorm2d`` (momentum None, affine, track_running_stats).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,14 +142,17 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
         n, total, squares = stats[0], stats[1:1 + x.shape[1]], stats[1 + x.shape[1]:]
         mean = total / n
         var = squares / n - mean * mean
-        with torch.no_grad():
-            self.num_batches_tracked += 1
-            m = self.momentum
-            self.running_mean.mul_(1 - m).add_(m * mean)
-            self.running_var.mul_(1 - m).add_(m * var * n / (n - 1))
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                # momentum None: a cumulative average, as nn.BatchNorm2d keeps it
+                m = (1 / self.num_batches_tracked.item() if self.momentum is None
+                     else self.momentum)
+                self.running_mean.mul_(1 - m).add_(m * mean)
+                self.running_var.mul_(1 - m).add_(m * var * n / (n - 1))
         shape = (1, -1, 1, 1)
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        return y * self.weight.view(shape) + self.bias.view(shape)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
 
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:

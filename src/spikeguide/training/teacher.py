@@ -8,6 +8,9 @@ A student names its teacher with ``teacher.checkpoint`` (a run directory or chec
   unless a finished run of that same config is already there (an interrupted one is resumed).
 * both: the recipe, trained the same way into the run directory ``teacher.checkpoint``.
 
+From a run directory the student takes ``best.pt`` where the teacher held out a validation split,
+else ``latest.pt`` (:func:`teacher_weights`).
+
 With ``teacher.budget_share``, the recipe trains within that share of the student's
 ``train.time_budget`` (training/budget.py).
 
@@ -41,6 +44,7 @@ from ..errors import SpikeguideError
 from ..models import SpikingNet
 from .budget import teacher_seconds
 from .build import load_model
+from .checkpoint import find_checkpoint, load_checkpoint
 from .distributed import resolve_device
 from .runlog import read_metrics
 from .scoring import score_model
@@ -130,12 +134,25 @@ def relative_note(path: str) -> str:
             f"{str(Path.cwd())!r})")
 
 
+def teacher_weights(source: str) -> str:
+    """The checkpoint a teacher run directory gives its student: ``best.pt`` where the run chose
+    its best epoch on a validation split, else ``latest.pt``, its last epoch. Without a
+    validation split the best epoch was chosen on the test split, the split the student is
+    scored on. A checkpoint file is taken as named."""
+    path = Path(source)
+    if not path.is_dir():
+        return source
+    latest = find_checkpoint(path, "latest")
+    held_out = load_checkpoint(latest, mmap=True)["config"]["data"].get("val_split")
+    return str(find_checkpoint(path, "best") if held_out else latest)
+
+
 def load_teacher(cfg: Config, student: SpikingNet,
                  frame_shape: Sequence[int] | None = None) -> tuple[SpikingNet, str]:
     """The ANN twin of ``student`` that ``cfg`` names, and where it came from; ``frame_shape``:
     the ``[C, H, W]`` of the student's input, which the teacher must have been trained on."""
     source = teacher_source(cfg)
-    teacher, tcfg, ckpt = load_model(source)
+    teacher, tcfg, ckpt = load_model(teacher_weights(source))
     if teacher.spiking:
         raise SpikeguideError(f"teacher {source!r} is a spiking model; the teacher must be an "
                               "ANN (method 'ann')")
