@@ -167,7 +167,8 @@ def _time_chunked(m, forward, x, T, steps=0):
     return out, None
 
 
-def update_running_stats(bn: BatchNorm, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+def update_running_stats(bn: BatchNorm, mean: torch.Tensor, var: torch.Tensor,
+                         n: int | torch.Tensor) -> None:
     """What a training-mode forward of ``bn`` does to its running statistics, given the batch
     mean and biased variance of ``n`` values a channel."""
     if not (bn.training and bn.track_running_stats and bn.running_mean is not None):

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import SpikeguideError
+from ..ratepass.recorder import update_running_stats
 from .workers import run_workers
 
 
@@ -142,14 +143,8 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
         n, total, squares = stats[0], stats[1:1 + x.shape[1]], stats[1 + x.shape[1]:]
         mean = total / n
         var = squares / n - mean * mean
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                # momentum None: a cumulative average, as nn.BatchNorm2d keeps it
-                m = (1 / self.num_batches_tracked.item() if self.momentum is None
-                     else self.momentum)
-                self.running_mean.mul_(1 - m).add_(m * mean)
-                self.running_var.mul_(1 - m).add_(m * var * n / (n - 1))
+        with torch.no_grad():
+            update_running_stats(self, mean, var, n)
         shape = (1, -1, 1, 1)
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y

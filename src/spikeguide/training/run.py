@@ -20,7 +20,6 @@ from ..errors import SpikeguideError, TrainingStopped
 from ..methods import METHODS, Method
 from ..models import checked_weights, load_twin_weights
 from ..neurons.kernels import empty_cache
-from .budget import run_seconds
 from .build import build_model, build_run_datasets
 from .checkpoint import LATEST, UnreadableCheckpoint, load_checkpoint
 from .configdiff import check_resume_config, config_differences
@@ -125,12 +124,8 @@ def train(cfg: Config, *, resume: Resume = False, overwrite: bool = False,
     # the teacher is evaluated and recorded by one process
     method = build_method(cfg, train_set, test_set if dist.is_main else None,
                           teacher_record if dist.is_main else None)
-    teacher_spent_s = teacher_spent_seconds(cfg)
-    if teacher_spent_s is not None and dist.is_main:
-        log.info("the teacher's run spent %.0f s of its share of train.time_budget: this run's "
-                 "budget is %.0f s", teacher_spent_s, run_seconds(cfg, teacher_spent_s))
     trainer = Trainer(cfg, method, train_set, test_set, device=device, dist=dist,
-                      val_set=val_set, teacher_spent_s=teacher_spent_s)
+                      val_set=val_set, teacher_spent_s=teacher_spent_seconds(cfg))
     if start is not None:
         checked_weights(method.student, start.state["model"], str(start.path))
         trainer.load_state_dict(start.state)

@@ -130,6 +130,9 @@ class Trainer:
         # first steps are timed, then kept in every checkpoint)
         self.epochs = cfg.train.epochs
         budget_s = run_seconds(cfg, teacher_spent_s)
+        if teacher_spent_s is not None and dist.is_main:
+            log.info("the teacher's run spent %.0f s of its share of train.time_budget: this "
+                     "run's budget is %.0f s", teacher_spent_s, budget_s)
         self.budget = None if budget_s is None else TimeBudget(budget_s)
         self.planned = self.budget is None
         steps = len(self.train_loader)
