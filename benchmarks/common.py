@@ -246,10 +246,10 @@ def batch_for(batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Ten
 
 
 def spikeguide_net(name: str, T: int, width: float, backend: str, device: torch.device,
-                   fmt: str, fuse_bn: str = "auto") -> SpikingNet:
+                   fmt: str, fuse_bn: str = "auto", spiking: bool = True) -> SpikingNet:
     torch.manual_seed(0)  # the same initial weights for every contender
     net = create_model(name, width=width, T=T, neuron_options={"backend": backend},
-                       fuse_bn=fuse_bn)
+                       fuse_bn=fuse_bn, spiking=spiking)
     return net.to(device, memory_format=FORMATS[fmt])
 
 

@@ -13,6 +13,8 @@ spread (median beside best) rather than as a bias against one contender.
     python benchmarks/speed.py --layer 524288 --T 4 --threads 1 --with-compile
     python benchmarks/speed.py --T 4 --backends compiled --formats channels_last --threads 1 \
         --fuse-bn auto false
+    python benchmarks/speed.py --T 2 --width 0.25 --batch 64 --backends compiled \
+        --formats channels_last --precisions fp32 bf16 --threads 2 --with-ann
 
 Needs SpikingJelly for the reference column (``pip install --no-deps spikingjelly==2.0.0
 "loguru>=0.7,<1"``: without ``--no-deps`` pip would replace the installed torch); without it only
@@ -23,6 +25,7 @@ spikeguide's backends are timed. The shared pieces (the twin, the timed steps) a
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 
@@ -30,6 +33,7 @@ import torch
 
 from common import (
     FORMATS,
+    PRECISIONS,
     batch_for,
     import_spikingjelly,
     lif_layer_calls,
@@ -64,9 +68,11 @@ def layer_benchmark(T: int, N: int, backends, rounds: int, iters: int, with_comp
         print(f"| {name} | {min(t) * 1e3:.2f} | {statistics.median(t) * 1e3:.2f} |")
 
 
-def contenders(name, T, args, device, sj_functional):
-    """name -> training step, for every backend and memory format; the SpikingJelly twin(s)."""
+def contenders(name, T, args, device, sj_functional, precision):
+    """name -> training step, for every backend and memory format at ``precision`` (autocast
+    dtype or None); the SpikingJelly twin(s) at the same precision."""
     x, y = batch_for(args.batch, device)
+    amp = PRECISIONS[precision]
     steps = {}
     for fmt in args.formats:
         xf = x.to(memory_format=FORMATS[fmt])
@@ -74,11 +80,17 @@ def contenders(name, T, args, device, sj_functional):
             for fuse in args.fuse_bn:
                 net = spikeguide_net(name, T, args.width, backend, device, fmt, fuse)
                 label = f", fuse_bn {fuse}" if len(args.fuse_bn) > 1 else ""
-                steps[f"spikeguide {backend}, {fmt}{label}"] = make_step(net, xf, y)
+                steps[f"spikeguide {backend}, {fmt}{label}, {precision}"] = make_step(
+                    net, xf, y, amp_dtype=amp)
+        if args.with_ann:  # the ANN twin (ReLU), as a teacher trains
+            net_ann = spikeguide_net(name, T, args.width, "auto", device, fmt, spiking=False)
+            steps[f"spikeguide ANN twin, {fmt}, {precision}"] = make_step(net_ann, xf, y,
+                                                                          amp_dtype=amp)
         if sj_functional is None:
             continue
-        label = f"spikingjelly {spikingjelly_implementation(sj_functional, device)}, {fmt}"
-        steps[label], line = spikingjelly_step(net, xf, y, fmt, sj_functional)
+        label = (f"spikingjelly {spikingjelly_implementation(sj_functional, device)}, {fmt}, "
+                 f"{precision}")
+        steps[label], line = spikingjelly_step(net, xf, y, fmt, sj_functional, amp)
         print(f"# {name} T={T} {fmt}: {line}")
     return steps
 
@@ -92,8 +104,12 @@ def main(argv=None):
     p.add_argument("--backends", nargs="+", default=["torch", "fused", "compiled"], choices=BACKENDS)
     p.add_argument("--formats", nargs="+", default=["contiguous"], choices=list(FORMATS),
                    help="memory formats to run every contender in")
+    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=list(PRECISIONS),
+                   help="fp32, and/or bf16 autocast (SpikingJelly's through its precision API)")
     p.add_argument("--fuse-bn", nargs="+", default=["auto"], choices=["auto", "true", "false"],
                    help="[neuron] fuse_bn settings to run every spikeguide contender with")
+    p.add_argument("--with-ann", action="store_true",
+                   help="also time the ANN twin (the teacher's network; no ratio is meaningful)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -119,17 +135,21 @@ def main(argv=None):
     print(f"# {machine(device)}")
     print(f"# batch {args.batch}, 32x32 inputs, width {args.width}, best of {args.rounds} rounds of "
           f"{args.iters} steps; load average at start {load_average()}")
-    print("| model | T | contender | img/s (best) | img/s (median) | ratio vs fastest spikingjelly |")
+    print("| model | T | contender | img/s (best) | img/s (median) | ratio vs fastest spikingjelly "
+          "at the same precision |")
     print("|---|---|---|---|---|---|")
-    for name in args.models:
-        for T in args.T:
-            steps = contenders(name, T, args, device, sj_functional)
-            rates = time_contenders(steps, args.batch, args.rounds, args.iters, device)
-            ref = max((max(r) for k, r in rates.items() if k.startswith("spikingjelly")), default=None)
-            for contender, r in rates.items():
-                ratio = f"{max(r) / ref:.2f}" if ref else "-"
-                print(f"| {name} | {T} | {contender} | {max(r):.1f} | {statistics.median(r):.1f} | "
-                      f"{ratio} |", flush=True)
+    for name, T in itertools.product(args.models, args.T):
+        steps = {}  # every precision's contenders, timed in the same interleaved rounds
+        for precision in args.precisions:
+            steps.update(contenders(name, T, args, device, sj_functional, precision))
+        rates = time_contenders(steps, args.batch, args.rounds, args.iters, device)
+        for contender, r in rates.items():
+            precision = contender.rsplit(", ", 1)[1]
+            ref = max((max(v) for k, v in rates.items()
+                       if k.startswith("spikingjelly") and k.endswith(precision)), default=None)
+            ratio = f"{max(r) / ref:.2f}" if ref and "ANN twin" not in contender else "-"
+            print(f"| {name} | {T} | {contender} | {max(r):.1f} | {statistics.median(r):.1f} | "
+                  f"{ratio} |", flush=True)
     print(f"# load average at end {load_average()}")
 
 

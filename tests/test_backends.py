@@ -18,6 +18,8 @@ from spikeguide import SpikeguideError
 from spikeguide.models import create_model
 from spikeguide.neurons import IF, LIF, PLIF, SURROGATES, Surrogate
 from spikeguide.neurons.kernels import cpu, resolve_backend
+from spikeguide.neurons.kernels.ops import POOL
+from spikeguide.neurons.surrogates import ATan
 
 BACKENDS = [
     "fused",
@@ -128,11 +130,24 @@ def test_layouts(backend):
     assert_match(ref, new, cl, g.flatten(0, 1).to(memory_format=torch.channels_last).unflatten(0, g.shape[:2]))
 
 
-def test_half_precision_falls_back_to_fused():
-    x, g = inputs(3, dtype=torch.bfloat16)
-    assert resolve_backend("compiled", x) == "fused"
-    s_ref = LIF(backend="torch")(x)
-    assert torch.equal(s_ref, LIF(backend="compiled")(x))
+@pytest.mark.skipif(not cpu.available(), reason="C++ extension did not build")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("soft,detach", [(False, False), (True, False), (False, True)])
+def test_compiled_half_precision_is_float32_arithmetic_on_the_rounded_tensors(dtype, soft, detach):
+    """bf16/fp16 rows: the membrane and all arithmetic in float32, what is read and written in
+    the dtype. So the kernel equals its float32 self run on the rounded currents (forward), and on
+    the rounded membrane and gradient (backward), rounded once at the end, bit for bit."""
+    loops = cpu.CppLoops(POOL)
+    x, g = (t.reshape(3, -1).to(dtype) for t in inputs(3, shape=(64, 300)))
+    spikes, h = loops.forward(x, 0.5, 0.5, soft, True)
+    spikes32, h32 = loops.forward(x.float(), 0.5, 0.5, soft, True)
+    assert spikes.dtype == h.dtype == dtype
+    assert torch.equal(spikes.float(), spikes32) and torch.equal(h, h32.to(dtype))
+    grad, grad_decay = loops.backward(g, h, 0.5, 0.5, soft, detach, ATan(), True)
+    grad32, grad_decay32 = loops.backward(g.float(), h.float(), 0.5, 0.5, soft, detach, ATan(), True)
+    assert grad.dtype == dtype and torch.equal(grad, grad32.to(dtype))
+    assert grad_decay == grad_decay32  # accumulated from the float32 gradients, not the rounded ones
+    assert resolve_backend("auto", x) == "compiled"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -131,16 +131,41 @@ def test_an_epoch_shorter_than_the_timed_steps_plans_at_its_end(tmp_path, fake_c
 
 
 def test_a_short_estimate_stops_at_the_deadline_with_the_epoch_scored(tmp_path, fake_clock):
-    fake_clock.step_s = [1.0] * 6 + [3.0]  # planned on 1 s steps (3 epochs), then 3 s each
+    # planned on 1 s steps (3 epochs), and planned so again after the first epoch (22 steps);
+    # then 4 s a step from the 24th step on
+    fake_clock.step_s = [1.0] * 23 + [4.0]
     cfg = budgeted(tmp_path)
     summary = train(cfg)
-    # 11 s after 7 steps, 3 s a step after: 100 s spent after step 37, found right after it
+    # 28 s after 24 steps, 4 s a step after: 100 s spent after step 42, found right after it
     assert summary.stopped is None and summary.last.epoch == 2
     state = load_checkpoint(cfg.run_dir / "latest.pt")
     assert (state["epoch"], state["epochs"], state["step"]) == (2, 2, 0)
-    assert state["global_step"] == 37  # no step starts once the time is spent
+    assert state["global_step"] == 42  # no step starts once the time is spent
     assert summary.last.test is not None
     assert is_finished(cfg)
+
+
+@pytest.mark.parametrize("probe_s, later_s, first, second", [
+    # probe steps of 1.5 s, the rest of the epoch 1 s (the lab's slow probe): the first plan
+    # floor((100 - 3.5) / (1.1 * (22 + 359 / 192) * 1.5)) = 2 epochs; the epoch's mean step
+    # (5 * 1.5 + 16 * 1) / 21 = 1.119 s, 28.5 - 22 * 1.119 = 3.88 s overhead:
+    # floor(96.12 / (1.1 * 23.87 * 1.119)) = 3
+    (1.5, 1.0, 2, 3),
+    # probe steps of 1 s, then 2 s: 3 epochs first, then the mean 1.762 s, overhead
+    # 42 - 22 * 1.762 = 3.24 s: floor(96.76 / (1.1 * 23.87 * 1.762)) = 2
+    (1.0, 2.0, 3, 2),
+])
+def test_the_first_epochs_pace_plans_again(tmp_path, fake_clock, caplog, probe_s, later_s,
+                                           first, second):
+    fake_clock.step_s = [probe_s] * 5 + [later_s]
+    cfg = budgeted(tmp_path)
+    with caplog.at_level("INFO", logger="spikeguide"):
+        summary = train(cfg)
+    plans = [r.getMessage() for r in caplog.records if "planned to end" in r.getMessage()]
+    assert [int(m.split(" epoch(s)")[0].rsplit(" ", 1)[1]) for m in plans] == [first, second]
+    assert plans[1].startswith("planned again from the first epoch's pace")
+    assert summary.last.epoch == second == load_checkpoint(cfg.run_dir / "latest.pt")["epochs"]
+    assert read_metrics(cfg.run_dir)[-1].lr < 0.01 * cfg.optim.lr  # the cosine re-laid
 
 
 def test_a_budget_spent_before_the_plan_ends_the_first_epoch_finished(tmp_path, fake_clock):

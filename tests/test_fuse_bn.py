@@ -219,6 +219,20 @@ def test_fuse_bn_true_where_the_backend_cannot_is_a_one_line_error():
     seq(torch.randn(2, 2, 3, 4, 4))  # auto: the two layers apart
 
 
+@needs_cpp
+def test_bf16_on_cpu_runs_the_neuron_compiled_and_the_batch_norm_apart(monkeypatch):
+    """The compiled neuron runs bf16 tensors; its fused batch norm does not (float32/float64):
+    auto runs the pair apart, true says so in one line."""
+    calls = count_fused_calls(monkeypatch)
+    monkeypatch.setattr(fuse_bn, "AUTO_FUSES", ("compiled",))
+    seq = conv_bn_lif(LIF(backend="compiled"), "auto", False, True, dtype=torch.bfloat16)
+    assert seq(torch.randn(2, 2, 3, 4, 4, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    assert calls == []
+    seq[2].fuse_bn = "true"
+    with pytest.raises(SpikeguideError, match="bfloat16 tensors; the fused batch norm"):
+        seq(torch.randn(2, 2, 3, 4, 4, dtype=torch.bfloat16))
+
+
 def test_config_reads_fuse_bn_as_toml_boolean_or_word():
     assert parse_config({"neuron": {"fuse_bn": True}}).neuron.fuse_bn == "true"
     assert parse_config({"neuron": {"fuse_bn": "false"}}).neuron.fuse_bn == "false"

@@ -80,7 +80,7 @@ def _why_not_backend(neuron: SpikingNeuron, x: torch.Tensor) -> str | None:
     if type(spec.surrogate) not in cpu.SURROGATE_IDS:
         return f"the kernels do not evaluate the surrogate {type(spec.surrogate).__name__}"
     backend = resolve_backend(neuron.backend, x)
-    if backend not in BN_BACKENDS:
+    if backend not in BN_BACKENDS or (backend == "compiled" and x.dtype not in cpu.DTYPES):
         return (f"the neuron runs the {backend!r} backend on {x.device.type} {x.dtype} tensors; "
                 "the fused batch norm runs on 'compiled' (CPU float32/float64) and 'triton' "
                 "(CUDA float32)")

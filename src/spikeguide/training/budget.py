@@ -3,7 +3,9 @@
 The Trainer trains its first steps as usual and times them; from the steady step time
 (the first step, which builds kernels and grows the allocator, is left out) it estimates an
 epoch, evaluation included, and plans as many epochs as fit the budget (at most
-``train.epochs``). The learning-rate schedule (warm-up, cosine) is laid out over those epochs.
+``train.epochs``). At the end of the first epoch it plans once more, from that epoch's mean step.
+The learning-rate schedule (warm-up, cosine) is laid out over the planned epochs, so the second
+plan re-lays the rest of it.
 The plan goes into every checkpoint, so a resumed run keeps it instead of estimating again;
 should the estimate run short, the run stops at the deadline with a checkpoint, finished.
 
@@ -158,3 +160,11 @@ class TimeBudget:
         steady = sorted(self.step_times[1:] or self.step_times)
         step_s = steady[len(steady) // 2]  # the median: a stall does not stretch the estimate
         return plan_epochs(self.seconds, self.spent(), len(self.step_times), step_s, cost, cap)
+
+    def replan(self, cost: EpochCost, cap: int, steps: int) -> Plan:
+        """The plan again once the first ``steps`` steps (a whole epoch, trained from the
+        restart) are done: from their mean time, the first step left out. A few probe steps
+        missed the loader's steady pace and varied by 30 % between runs (results/fast_cpu.md)."""
+        trained_s = now() - self.start
+        step_s = (trained_s - self.step_times[0]) / max(1, steps - 1)
+        return plan_epochs(self.seconds, self.spent(), steps, step_s, cost, cap)

@@ -31,7 +31,7 @@ from ..data import Augment, Dataset, make_loader
 from ..data.loader import mix_seed
 from ..errors import SpikeguideError
 from ..methods import Method
-from .budget import EpochCost, TimeBudget, run_seconds
+from .budget import EpochCost, Plan, TimeBudget, run_seconds
 from .checkpoint import FORMAT, PREVIOUS, save_checkpoint
 from .compile import compile_engine
 from .cudagraph import GraphedStep, use_cuda_graph
@@ -135,6 +135,7 @@ class Trainer:
                      "run's budget is %.0f s", teacher_spent_s, budget_s)
         self.budget = None if budget_s is None else TimeBudget(budget_s)
         self.planned = self.budget is None
+        self.replan_pending = False  # planned from the first steps: plan again after the epoch
         steps = len(self.train_loader)
         warmup = int(round(cfg.optim.warmup_epochs * steps))
         min_ratio = cfg.optim.min_lr / cfg.optim.lr
@@ -192,6 +193,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
+        self.replan_pending = False
         if state.get("epochs") is not None:  # the plan of a budgeted run is kept, not redone
             self.epochs, self.planned = state["epochs"], True
         self.global_step, self.best_top1 = state["global_step"], state["best_top1"]
@@ -379,18 +381,27 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         if not self.budget.time_step() and self.step < len(self.train_loader):
             return
+        self._adopt(self.budget.plan(self._epoch_cost(), self.cfg.train.epochs), "")
+        # planned within the first epoch this process trains from its start: its measured pace
+        # plans again at its end (_end_epoch)
+        self.replan_pending = (self.step < len(self.train_loader)
+                               and (self.fit_start_position == (self.epoch, 0)))
+
+    def _epoch_cost(self) -> EpochCost:
         world = self.dist.world_size
         val = len(self.val_loader.dataset) if self.val_loader is not None else 0
         test = len(self.test_loader.dataset)
         every = test if val == 0 or self.cfg.train.test_every_epoch else 0
-        cost = EpochCost(len(self.train_loader), self.cfg.data.batch_size // world,
+        return EpochCost(len(self.train_loader), self.cfg.data.batch_size // world,
                          (val + every) // world, (test - every) // world)
-        plan = self.budget.plan(cost, self.cfg.train.epochs)
-        # every process trains rank 0's plan
-        self.epochs = int(all_reduce_sum([plan.epochs if self.dist.is_main else 0], self.dist)[0])
-        self.planned = True
+
+    def _adopt(self, plan: Plan, how: str) -> None:
+        """Train ``plan``'s epochs (rank 0's, on every process), never fewer than the epoch in
+        progress."""
+        epochs = int(all_reduce_sum([plan.epochs if self.dist.is_main else 0], self.dist)[0])
+        self.epochs, self.planned = max(self.epoch + 1, epochs), True
         if self.dist.is_main:
-            log.info(plan.describe(self.budget.seconds, self.cfg.train.epochs))
+            log.info(how + plan.describe(self.budget.seconds, self.cfg.train.epochs))
 
     def fit(self, max_steps: int | None = None) -> TrainSummary:
         """Train to ``train.epochs``, or the epochs ``train.time_budget`` plans (or stop after
@@ -400,6 +411,7 @@ class Trainer:
             self.log = RunLog(self.run_dir, self.epoch, self.global_step)
         every = self.cfg.train.checkpoint_every
         self.fit_start = time.time()
+        self.fit_start_position = (self.epoch, self.step)
         if self.budget is not None:
             self.budget.restart(self.elapsed_before)
         last: EpochRecord | None = None
@@ -454,13 +466,18 @@ class Trainer:
         log.warning("time budget of %.0f s spent during epoch %d (step %d of %d): this epoch "
                     "is the last (%d planned)", self.budget.seconds, self.epoch + 1, self.step,
                     len(self.train_loader), self.epochs)
-        self.epochs, self.planned = self.epoch + 1, True
+        self.epochs, self.planned, self.replan_pending = self.epoch + 1, True, False
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.fit_start
 
     def _end_epoch(self, elapsed: float) -> EpochRecord:
-        reading = self._read()
+        reading = self._read()  # on CUDA, after the epoch's device work: the budget's clock is true
+        if self.replan_pending:
+            self.replan_pending = False
+            plan = self.budget.replan(self._epoch_cost(), self.cfg.train.epochs,
+                                      len(self.train_loader))
+            self._adopt(plan, "planned again from the first epoch's pace: ")
         loss, correct, seen = reading.loss_sum, reading.correct, reading.seen
         val = None if self.val_loader is None else self.score(self.val_loader)
         last = self.epoch + 1 >= self.epochs

@@ -11,8 +11,11 @@ any surrogate: the built-in ones are evaluated in the compiled kernels, another 
 * ``"fused"``: one autograd node per layer, the T loop in eager tensor ops with a hand-derived
   backward (:mod:`.fused`); any device and dtype, no compiler needed.
 * ``"compiled"``: the same node with both loops in a C++ extension built on first use (:mod:`.cpu`);
-  CPU tensors of float32/float64 (other dtypes run the ``"fused"`` loops). Its large outputs are
-  reused once nothing references them (:mod:`.pool`); :func:`empty_cache` releases them.
+  CPU tensors of float32, float64, bfloat16 and float16. At bf16/fp16 the membrane and all
+  arithmetic are float32 (as in ``"triton"``), so ``train.amp = "bf16"`` on CPU keeps the fused
+  neuron; the fused batch norm and the rate-BP recording kernel run float32/float64 only. Its
+  large outputs are reused once nothing references them (:mod:`.pool`); :func:`empty_cache`
+  releases them.
 * ``"triton"``: the same node with both loops as Triton kernels (:mod:`.triton_lif`); CUDA
   float32, bfloat16 and float16 tensors (other dtypes run ``"fused"``), needs
   ``pip install triton``. At bf16/fp16 the membrane and all arithmetic stay float32 in

@@ -17,7 +17,11 @@ from ..surrogates import ATan, FastSigmoid, Rectangle, Sigmoid, Surrogate, Trian
 
 # Built-in surrogates the kernel evaluates itself; any other one is evaluated in torch first.
 SURROGATE_IDS = {Rectangle: 0, Triangle: 1, Sigmoid: 2, ATan: 3, FastSigmoid: 4}
+# the recording and fused batch-norm kernels compute in the tensors' own dtype: these
 DTYPES = (torch.float32, torch.float64)
+# the neuron's two loops also run bfloat16 and float16 tensors, the membrane and arithmetic
+# float32 in registers (as the Triton kernels do)
+LIF_DTYPES = (*DTYPES, torch.bfloat16, torch.float16)
 
 
 SOURCE = Path(__file__).with_name("lif_cpu.cpp")

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from ..surrogates import Surrogate
-from .cpu import DTYPES as CPU_DTYPES
+from .cpu import LIF_DTYPES as CPU_DTYPES
 
 
 class LIFSpec(NamedTuple):
