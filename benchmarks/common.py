@@ -108,12 +108,13 @@ def time_contenders(steps: dict[str, Callable[[], None]], batch: int, rounds: in
             for name, per_round in time_rounds(steps, rounds, iters, device, warmup).items()}
 
 
-def lif_layer_calls(T: int, N: int, backends, device: torch.device
+def lif_layer_calls(T: int, N: int, backends, device: torch.device,
+                    dtype: torch.dtype = torch.float32
                     ) -> tuple[dict[str, Callable[[], None]], torch.Tensor, torch.Tensor]:
-    """Forward + backward of one LIF layer (hard reset, ATan) on random ``[T, N]`` currents, one
-    call per backend; and the currents and upstream gradient they use."""
-    x = torch.randn(T, N, device=device).requires_grad_()
-    g = torch.randn(T, N, device=device)
+    """Forward + backward of one LIF layer (hard reset, ATan) on random ``[T, N]`` currents of
+    ``dtype``, one call per backend; and the currents and upstream gradient they use."""
+    x = torch.randn(T, N, device=device).to(dtype).requires_grad_()
+    g = torch.randn(T, N, device=device).to(dtype)
 
     def call(neuron: LIF) -> Callable[[], None]:
         return lambda: neuron(x).backward(g)

@@ -11,6 +11,7 @@ spread (median beside best) rather than as a bias against one contender.
     python benchmarks/speed.py --models resnet20 --width 0.5 --batch 32 --T 1 2 4 \
         --formats contiguous channels_last
     python benchmarks/speed.py --layer 524288 --T 4 --threads 1 --with-compile
+    python benchmarks/speed.py --layer 2097152 --T 2 --backends compiled --precisions fp32 bf16
     python benchmarks/speed.py --T 4 --backends compiled --formats channels_last --threads 1 \
         --fuse-bn auto false
     python benchmarks/speed.py --T 2 --width 0.25 --batch 64 --backends compiled \
@@ -51,10 +52,11 @@ from spikeguide.neurons.kernels import BACKENDS
 from spikeguide.neurons.surrogates import ATan
 
 
-def layer_benchmark(T: int, N: int, backends, rounds: int, iters: int, with_compile: bool):
-    """Milliseconds for forward + backward of one LIF layer on ``[T, N]`` currents."""
+def layer_benchmark(T: int, N: int, backends, rounds: int, iters: int, with_compile: bool,
+                    dtype: torch.dtype = torch.float32):
+    """Milliseconds for forward + backward of one LIF layer on ``[T, N]`` currents of ``dtype``."""
     device = torch.device("cpu")
-    runs, x, g = lif_layer_calls(T, N, backends, device)
+    runs, x, g = lif_layer_calls(T, N, backends, device, dtype)
     if with_compile:  # torch.compile of the reference loop, for comparison
         lif = torch.compile(LIF(decay=0.5, threshold=1.0, reset="hard", surrogate=ATan(),
                                 backend="torch"), fullgraph=True, dynamic=False)
@@ -63,7 +65,7 @@ def layer_benchmark(T: int, N: int, backends, rounds: int, iters: int, with_comp
         print(f"# torch.compile: first call {time.perf_counter() - start:.1f} s")
         runs["torch.compile(torch)"] = lambda: lif(x).backward(g)
     times = time_rounds(runs, rounds, iters, device, warmup=1)
-    print(f"| LIF layer [{T}, {N}] | ms (best) | ms (median) |\n|---|---|---|")
+    print(f"| LIF layer [{T}, {N}], {dtype} | ms (best) | ms (median) |\n|---|---|---|")
     for name, t in times.items():
         print(f"| {name} | {min(t) * 1e3:.2f} | {statistics.median(t) * 1e3:.2f} |")
 
@@ -125,8 +127,11 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.layer:
         print(f"# {machine(device)}; load average {load_average()}")
-        for T in args.T:
-            layer_benchmark(T, args.layer, args.backends, args.rounds, args.iters, args.with_compile)
+        for T, precision in itertools.product(args.T, args.precisions):
+            # the tensors themselves in the precision (bf16 currents, as under autocast)
+            dtype = PRECISIONS[precision] or torch.float32
+            layer_benchmark(T, args.layer, args.backends, args.rounds, args.iters,
+                            args.with_compile, dtype)
         return
     sj_functional = None if args.no_spikingjelly else import_spikingjelly()
     if sj_functional is None and not args.no_spikingjelly:

@@ -317,16 +317,30 @@ def test_auto_picks_triton_for_cuda_float32_bf16_fp16_where_triton_is_installed(
     assert not kernels._auto_runs_here("triton", on("cuda"), kernels.LIFSpec)
 
 
+@pytest.mark.parametrize("capability, name, flags", [
+    ("AVX512", "spikeguide_lif_cpu_avx512", ["-march=x86-64-v4"]),
+    ("AVX2", "spikeguide_lif_cpu_avx2", ["-march=x86-64-v3"]),
+    ("DEFAULT", "spikeguide_lif_cpu", []),
+])
+def test_the_kernel_targets_the_vector_unit_torch_detects(monkeypatch, capability, name, flags):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    assert cpu.build_target() == (name, flags)
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "aarch64")
+    assert cpu.build_target() == ("spikeguide_lif_cpu", [])
+
+
 def test_the_kernel_build_is_announced_only_when_it_builds(tmp_path):
     import os
     import time
 
     from spikeguide.neurons.kernels.cpu import SOURCE, needs_build
 
-    assert needs_build(tmp_path)  # nothing built there
-    built = tmp_path / "spikeguide_lif_cpu.so"
+    assert needs_build(tmp_path, "lif")  # nothing built there
+    built = tmp_path / "lif.so"
     built.write_bytes(b"")
-    assert not needs_build(tmp_path)
+    assert not needs_build(tmp_path, "lif")
+    assert needs_build(tmp_path, "lif_avx512")  # another capability's build is not this one
     old = time.time() - 3600
     os.utime(built, (old, old))
-    assert needs_build(tmp_path) == (SOURCE.stat().st_mtime > old)  # a changed source rebuilds
+    assert needs_build(tmp_path, "lif") == (SOURCE.stat().st_mtime > old)  # a changed source rebuilds

@@ -7,6 +7,7 @@ version (cached under ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_ext
 from __future__ import annotations
 
 import logging
+import platform
 import warnings
 from pathlib import Path
 
@@ -29,9 +30,25 @@ log = logging.getLogger("spikeguide")
 _BUILT: tuple | None = None  # (extension or None, error or None), once built or failed
 
 
-def needs_build(build_dir: Path) -> bool:
-    """Whether the extension has no build in ``build_dir`` newer than its source."""
-    built = build_dir / "spikeguide_lif_cpu.so"
+# The vector instructions the kernels are built for, by the capability torch detects on this CPU
+# (``torch.backends.cpu.get_cpu_capability()``, which ATEN_CPU_CAPABILITY can lower). Each
+# capability builds under its own name, so a cache shared between machines never hands one a
+# build it cannot run. The default x86-64 target is SSE2: AVX-512 ran a bf16 LIF layer 3.4x as
+# fast on this project's machine, a float32 one 1.14x (docs/speed.md, "The C++ build").
+ARCH_FLAGS = {"AVX512": ["-march=x86-64-v4"], "AVX2": ["-march=x86-64-v3"]}
+
+
+def build_target() -> tuple[str, list[str]]:
+    """The extension's name and the compiler flags that target this CPU's vector unit."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if platform.machine().lower() not in ("x86_64", "amd64") or capability not in ARCH_FLAGS:
+        return "spikeguide_lif_cpu", []
+    return f"spikeguide_lif_cpu_{capability.lower()}", ARCH_FLAGS[capability]
+
+
+def needs_build(build_dir: Path, name: str) -> bool:
+    """Whether the extension ``name`` has no build in ``build_dir`` newer than its source."""
+    built = build_dir / f"{name}.so"
     return not built.is_file() or built.stat().st_mtime < SOURCE.stat().st_mtime
 
 
@@ -47,17 +64,18 @@ def _load():
     from torch.utils import cpp_extension
 
     try:
-        build_dir = Path(cpp_extension._get_build_directory("spikeguide_lif_cpu", verbose=False))
-        if needs_build(build_dir):  # said once: _build is cached
+        name, arch_flags = build_target()
+        build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+        if needs_build(build_dir, name):  # said once: _build is cached
             log.warning("building the C++ LIF kernel (once per machine; about a minute; cached "
                         "in %s)", build_dir)
         return cpp_extension.load(
-            name="spikeguide_lif_cpu",
+            name=name,
             sources=[str(SOURCE)],
             # no fused multiply-add (exact membranes); -fno-trapping-math lets GCC turn the
             # kernels' comparisons into vector selects (floating-point exception flags only: no
             # value changes)
-            extra_cflags=["-O3", "-ffp-contract=off", "-fno-trapping-math"],
+            extra_cflags=["-O3", "-ffp-contract=off", "-fno-trapping-math", *arch_flags],
             verbose=False,
         ), None
     except Exception as exc:  # no compiler, no ninja, no headers: report, let "auto" fall back
