@@ -204,6 +204,23 @@ def test_failed_build_falls_back_with_a_warning(monkeypatch):
     assert torch.equal(LIF()(torch.ones(2, 3)), torch.ones(2, 3))  # auto still works
 
 
+def test_a_compiler_without_the_vector_flags_builds_the_portable_kernel(monkeypatch):
+    from torch.utils import cpp_extension
+
+    calls = []
+
+    def load(name, extra_cflags, **kwargs):
+        calls.append(name)
+        if "-mavx2" in extra_cflags:
+            raise RuntimeError("g++: error: unrecognized command-line option '-mavx2'")
+        return "portable extension"
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    monkeypatch.setattr(cpu, "build_target", lambda: ("spikeguide_lif_cpu_avx2", ["-mavx2"]))
+    assert cpu._load() == ("portable extension", None)
+    assert calls == ["spikeguide_lif_cpu_avx2", "spikeguide_lif_cpu"]
+
+
 def test_pool_reuses_only_buffers_nothing_references():
     from spikeguide.neurons.kernels.pool import MIN_BYTES, BufferPool
 
@@ -318,8 +335,8 @@ def test_auto_picks_triton_for_cuda_float32_bf16_fp16_where_triton_is_installed(
 
 
 @pytest.mark.parametrize("capability, name, flags", [
-    ("AVX512", "spikeguide_lif_cpu_avx512", ["-march=x86-64-v4"]),
-    ("AVX2", "spikeguide_lif_cpu_avx2", ["-march=x86-64-v3"]),
+    ("AVX512", "spikeguide_lif_cpu_avx512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]),
+    ("AVX2", "spikeguide_lif_cpu_avx2", ["-mavx2"]),
     ("DEFAULT", "spikeguide_lif_cpu", []),
 ])
 def test_the_kernel_targets_the_vector_unit_torch_detects(monkeypatch, capability, name, flags):

@@ -33,16 +33,22 @@ _BUILT: tuple | None = None  # (extension or None, error or None), once built or
 # The vector instructions the kernels are built for, by the capability torch detects on this CPU
 # (``torch.backends.cpu.get_cpu_capability()``, which ATEN_CPU_CAPABILITY can lower). Each
 # capability builds under its own name, so a cache shared between machines never hands one a
-# build it cannot run. The default x86-64 target is SSE2: AVX-512 ran a bf16 LIF layer 3.4x as
-# fast on this project's machine, a float32 one 1.14x (docs/speed.md, "The C++ build").
-ARCH_FLAGS = {"AVX512": ["-march=x86-64-v4"], "AVX2": ["-march=x86-64-v3"]}
+# build it cannot run. The default x86-64 target is SSE2: AVX-512 ran a bf16 LIF layer 3.8x as
+# fast on this project's machine, a float32 one 1.35x (docs/speed.md, "The C++ build").
+# The instruction sets alone (not -march=x86-64-v4/-v3): older compilers know them, and they
+# assume nothing else of the CPU (a VM may hide BMI2 or MOVBE from a v3 machine).
+ARCH_FLAGS = {"AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"],
+              "AVX2": ["-mavx2"]}
+
+
+PORTABLE = ("spikeguide_lif_cpu", [])  # the compiler's default target
 
 
 def build_target() -> tuple[str, list[str]]:
     """The extension's name and the compiler flags that target this CPU's vector unit."""
     capability = torch.backends.cpu.get_cpu_capability()
     if platform.machine().lower() not in ("x86_64", "amd64") or capability not in ARCH_FLAGS:
-        return "spikeguide_lif_cpu", []
+        return PORTABLE
     return f"spikeguide_lif_cpu_{capability.lower()}", ARCH_FLAGS[capability]
 
 
@@ -61,10 +67,23 @@ def _build():
 
 
 def _load():
+    name, arch_flags = build_target()
+    built = _compile(name, arch_flags)
+    if built[0] is None and arch_flags:  # a compiler without these flags: the portable build
+        log.warning("the C++ LIF kernel did not build for this CPU's vector unit (%s); building "
+                    "the portable one", built[1])
+        built = _compile(*PORTABLE)
+    if built[0] is None:
+        warnings.warn(f"spikeguide: the C++ LIF kernel did not build ({built[1]}); the 'auto' "
+                      "neuron backend falls back to 'fused'", RuntimeWarning, stacklevel=2)
+    return built
+
+
+def _compile(name: str, arch_flags: list[str]):
+    """(the extension, None), or (None, the build's error in one line)."""
     from torch.utils import cpp_extension
 
     try:
-        name, arch_flags = build_target()
         build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
         if needs_build(build_dir, name):  # said once: _build is cached
             log.warning("building the C++ LIF kernel (once per machine; about a minute; cached "
@@ -80,10 +99,7 @@ def _load():
         ), None
     except Exception as exc:  # no compiler, no ninja, no headers: report, let "auto" fall back
         last = (str(exc).strip().splitlines() or [""])[-1]
-        error = f"{type(exc).__name__}: {last}"
-        warnings.warn(f"spikeguide: the C++ LIF kernel did not build ({error}); the 'auto' "
-                      "neuron backend falls back to 'fused'", RuntimeWarning, stacklevel=2)
-        return None, error
+        return None, f"{type(exc).__name__}: {last}"
 
 
 def available() -> bool:
