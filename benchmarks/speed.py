@@ -144,17 +144,18 @@ def main(argv=None):
           "at the same precision |")
     print("|---|---|---|---|---|---|")
     for name, T in itertools.product(args.models, args.T):
-        steps = {}  # every precision's contenders, timed in the same interleaved rounds
-        for precision in args.precisions:
-            steps.update(contenders(name, T, args, device, sj_functional, precision))
-        rates = time_contenders(steps, args.batch, args.rounds, args.iters, device)
-        for contender, r in rates.items():
-            precision = contender.rsplit(", ", 1)[1]
-            ref = max((max(v) for k, v in rates.items()
-                       if k.startswith("spikingjelly") and k.endswith(precision)), default=None)
-            ratio = f"{max(r) / ref:.2f}" if ref and "ANN twin" not in contender else "-"
-            print(f"| {name} | {T} | {contender} | {max(r):.1f} | {statistics.median(r):.1f} | "
-                  f"{ratio} |", flush=True)
+        groups = {precision: contenders(name, T, args, device, sj_functional, precision)
+                  for precision in args.precisions}
+        # every precision's contenders timed in the same interleaved rounds
+        rates = time_contenders({k: v for g in groups.values() for k, v in g.items()},
+                                args.batch, args.rounds, args.iters, device)
+        for group in groups.values():
+            ref = max((max(rates[k]) for k in group if k.startswith("spikingjelly")), default=None)
+            for contender in group:
+                r = rates[contender]
+                ratio = f"{max(r) / ref:.2f}" if ref and "ANN twin" not in contender else "-"
+                print(f"| {name} | {T} | {contender} | {max(r):.1f} | "
+                      f"{statistics.median(r):.1f} | {ratio} |", flush=True)
     print(f"# load average at end {load_average()}")
 
 

@@ -382,10 +382,10 @@ class Trainer:
         if not self.budget.time_step() and self.step < len(self.train_loader):
             return
         self._adopt(self.budget.plan(self._epoch_cost(), self.cfg.train.epochs), "")
-        # planned within the first epoch this process trains from its start: its measured pace
-        # plans again at its end (_end_epoch)
+        # planned within an epoch whose every step this process timed (it began the epoch, no
+        # rollback since): that epoch's measured pace plans again at its end (_end_epoch)
         self.replan_pending = (self.step < len(self.train_loader)
-                               and (self.fit_start_position == (self.epoch, 0)))
+                               and len(self.budget.step_times) == self.step)
 
     def _epoch_cost(self) -> EpochCost:
         world = self.dist.world_size
@@ -411,7 +411,6 @@ class Trainer:
             self.log = RunLog(self.run_dir, self.epoch, self.global_step)
         every = self.cfg.train.checkpoint_every
         self.fit_start = time.time()
-        self.fit_start_position = (self.epoch, self.step)
         if self.budget is not None:
             self.budget.restart(self.elapsed_before)
         last: EpochRecord | None = None
