@@ -8,6 +8,7 @@ import spikeguide.training.teacher
 from conftest import run_cli, state_equal, tiny_config, write_recipe
 from spikeguide.commands.ablate import (
     VARIANTS,
+    DistillSettings,
     base_config,
     cell_config,
     run_ablation,
@@ -43,6 +44,15 @@ def test_cells_are_the_variants_of_one_recipe(recipe, tmp_path):
         "kd": ("kd", None, False)}
     kd = cells["kd"].method.options
     assert (kd.tau, kd.alpha) == (2.0, 0.5)  # the KD row distills at LAF's temperature and weight
+    # ... unless it is given settings of its own, which leave LAF's alone
+    own = DistillSettings.of(base, kd_tau=3.0, kd_alpha=8.0)
+    tuned = {k: cell_config(raw, base, v, 4, 7, tmp_path / "out", "T_DIR", own).method.options
+             for k, v in VARIANTS.items()}
+    assert (tuned["kd"].tau, tuned["kd"].alpha) == (3.0, 8.0)
+    assert (tuned["laf"].laf_tau, tuned["laf"].laf_lambda) == (2.0, 0.5)
+    assert own.describe() == "LAF tau 2, lambda 0.5; vanilla KD tau 3, weight 8"
+    with pytest.raises(SpikeguideError, match="kd_tau=0, kd_alpha=8"):
+        DistillSettings.of(base, kd_tau=0.0, kd_alpha=8.0)
     for key, c in cells.items():
         assert c.name == f"{key}_T4_s7" and c.train.seed == 7
         assert c.model.T == 4 and c.teacher.checkpoint == "T_DIR" and c.teacher.recipe is None
@@ -134,10 +144,13 @@ def test_ablate_refuses_other_methods_and_unknown_variants(tmp_path, recipe):
 
 
 def test_ablate_command_line(recipe, tmp_path):
-    result = run_cli("ablate", str(recipe), "--T", "1", "--variants", "kd",
+    result = run_cli("ablate", str(recipe), "--T", "1", "--variants", "kd", "--kd-alpha", "3",
                      "--out", str(tmp_path / "abl"))
     assert result.returncode == 0, result.stderr
     assert "| vanilla KD |" in result.stdout and "ablation.csv" in result.stdout
+    assert "vanilla KD tau 2, weight 3." in result.stdout
+    trained = load_checkpoint(tmp_path / "abl" / "kd_T1_s0" / "latest.pt")["config"]["method"]
+    assert (trained["tau"], trained["alpha"]) == (2.0, 3.0)
 
 
 def cell_results(out):
@@ -214,7 +227,8 @@ def test_with_a_validation_split_variants_are_compared_on_it(tmp_path):
     results = {(k, 1, s): CellResult(best_top1=val[k][s], final_top1=test[k][s],
                                       final_val_top1=val[k][s], firing_rate=0.1, wall_s=1.0)
                for k in val for s in range(3)}
-    write_tables(tmp_path, "r", "t", 90.0, results, variants, [1], [0, 1, 2])
+    write_tables(tmp_path, "r", "t", 90.0, results, variants, [1], [0, 1, 2],
+                 DistillSettings(4.0, 2.0, 4.0, 2.0))
     table = (tmp_path / "ablation.md").read_text()
     assert f"| +LAF vs baseline | {paired_test(val['laf'], val['baseline']).describe()} |" in table
     assert "Final validation top-1" in table and "choose no setting" not in table

@@ -18,6 +18,7 @@ from spikeguide import SpikeguideError
 from spikeguide.models import create_model
 from spikeguide.neurons import IF, LIF, PLIF, SURROGATES, Surrogate
 from spikeguide.neurons.kernels import cpu, resolve_backend
+from spikeguide.neurons.kernels.fused import threshold_neighbours
 from spikeguide.neurons.kernels.ops import POOL
 from spikeguide.neurons.surrogates import ATan
 
@@ -142,12 +143,36 @@ def test_compiled_half_precision_is_float32_arithmetic_on_the_rounded_tensors(dt
     spikes, h = loops.forward(x, 0.5, 0.5, soft, True)
     spikes32, h32 = loops.forward(x.float(), 0.5, 0.5, soft, True)
     assert spikes.dtype == h.dtype == dtype
-    assert torch.equal(spikes.float(), spikes32) and torch.equal(h, h32.to(dtype))
+    # the saved membrane is float32's, kept on its spike's side of the threshold, then rounded
+    below, above = threshold_neighbours(0.5, dtype)
+    kept = torch.where(spikes32 > 0, h32.clamp(min=above), h32.clamp(max=below))
+    assert torch.equal(spikes.float(), spikes32) and torch.equal(h, kept.to(dtype))
     grad, grad_decay = loops.backward(g, h, 0.5, 0.5, soft, detach, ATan(), True)
     grad32, grad_decay32 = loops.backward(g.float(), h.float(), 0.5, 0.5, soft, detach, ATan(), True)
     assert grad.dtype == dtype and torch.equal(grad, grad32.to(dtype))
     assert grad_decay == grad_decay32  # accumulated from the float32 gradients, not the rounded ones
     assert resolve_backend("auto", x) == "compiled"
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "fused"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_backward_sees_the_forward_spikes(backend, dtype):
+    """A float32 membrane just under the threshold that rounds onto it in the dtype: saved as is,
+    backward would take it for a spike and drop the carried gradient from its reset term."""
+    below, above = threshold_neighbours(0.5, dtype)
+    gap = above - below
+    # h_1 = 0.5 * (0.5 - gap) + 0.25: no spike, half a unit of the last place under the
+    # threshold, a tie that rounds to the even 0.5
+    x = torch.tensor([0.5 - gap, 0.25, 0.0]).reshape(3, 1).to(dtype)
+    g = torch.tensor([0.0, 0.0, 1.0]).reshape(3, 1)
+    assert (0.5 * x[0].float() + x[1].float()).to(dtype) == 0.5
+    dev = device_for(backend)
+    neuron = LIF(backend=backend, threshold=0.5, decay=0.5, reset="hard").to(dev)
+    s, (grad,) = run(neuron, x.to(dev), g.to(dtype).to(dev))
+    s32, (grad32,) = run(LIF(backend="torch", threshold=0.5, decay=0.5, reset="hard"), x.float(), g)
+    assert s.sum() == 0 and s32.sum() == 0
+    # the carry of step 2 reaches step 1 (0.5 of it through the membrane), and on to step 0
+    torch.testing.assert_close(grad.float().cpu(), grad32, rtol=1e-2, atol=1e-3)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -270,7 +295,8 @@ def ptx(fn, ptrs, scalars, constexprs, dtype="fp32"):
 
 for soft in (True, False):
     code = ptx(K._forward, ["cur", "spk", "mem"], {"stride_t": "i32", "N": "i32", "T": "i32",
-               "decay": "fp32", "threshold": "fp32"}, {"SOFT": soft, "SAVE_H": True, "BLOCK": K.BLOCK})
+               "decay": "fp32", "threshold": "fp32", "below": "fp32", "above": "fp32"},
+               {"SOFT": soft, "SAVE_H": True, "BLOCK": K.BLOCK})
     assert "fma" not in code, "a fused multiply-add would change membrane values"
     for sid in (-1, 0, 1, 2, 3, 4):
         ptx(K._backward, ["grad_s", "mem", "pre", "grad_i", "partial"], {"N": "i32", "T": "i32",
@@ -283,7 +309,7 @@ for soft in (True, False):
         assert "fma" not in code, "a fused multiply-add would change membrane values"
 for dtype, soft in itertools.product(("bf16", "fp16"), (True, False)):  # half-precision tensors
     code = ptx(K._forward, ["cur", "spk", "mem"], {"stride_t": "i32", "N": "i32", "T": "i32",
-               "decay": "fp32", "threshold": "fp32"},
+               "decay": "fp32", "threshold": "fp32", "below": "fp32", "above": "fp32"},
                {"SOFT": soft, "SAVE_H": True, "BLOCK": K.BLOCK}, dtype)
     assert "fma" not in code, "a fused multiply-add would change membrane values"
     for sid in (-1, 3):

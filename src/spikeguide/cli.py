@@ -124,7 +124,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from .commands.ablate import run_ablation
 
     out = run_ablation(args.recipe, args.T, args.variants, args.out, args.set, args.jobs,
-                       args.seeds)
+                       args.seeds, args.kd_tau, args.kd_alpha)
     print((out / "ablation.md").read_text(), end="")
     print(f"tables written to {out / 'ablation.md'} and {out / 'ablation.csv'}")
     return 0
@@ -301,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="train N cells at once in N processes that share the torch threads "
                         "(default: 1)")
+    p.add_argument("--kd-tau", type=float, default=None, metavar="TAU",
+                   help="vanilla KD's temperature (default: the recipe's method.laf_tau)")
+    p.add_argument("--kd-alpha", type=float, default=None, metavar="WEIGHT",
+                   help="vanilla KD's weight (default: the recipe's method.laf_lambda)")
     add_set(p)
     p.set_defaults(fn=cmd_ablate)
     return parser

@@ -1,9 +1,10 @@
 """``spikeguide ablate``: the EnOF ablation, every variant at every T, with one shared teacher.
 
 The variants are the baseline (``enof`` with ``laf = false``, no RepAct), +LAF, +RepAct
-(``model.repact``), +LAF+RepAct, and vanilla KD (``kd`` with ``tau = laf_tau`` and
+(``model.repact``), +LAF+RepAct, and vanilla KD (``kd``; by default with ``tau = laf_tau`` and
 ``alpha = laf_lambda``, so that it differs from +LAF only in what is distilled: logits instead of
-features through the teacher's classifier). Everything else comes from the recipe.
+features through the teacher's classifier; ``kd_tau`` / ``kd_alpha`` give it settings of its own,
+tuned for it as LAF's are for LAF). Everything else comes from the recipe.
 
 Cells are ordinary runs in ``OUT/<variant>_T<T>_s<seed>/``, one per variant, T and seed (the
 seeds default to the recipe's ``train.seed``); a finished cell is skipped on a rerun and an
@@ -59,10 +60,39 @@ class Variant:
     laf: bool = False
     repact: bool = False
 
-    def method_table(self, laf_tau: float, laf_lambda: float) -> dict[str, Any]:
+    def method_table(self, settings: DistillSettings) -> dict[str, Any]:
         if self.method == "kd":
-            return {"name": "kd", "tau": laf_tau, "alpha": laf_lambda}
-        return {"name": "enof", "laf": self.laf, "laf_tau": laf_tau, "laf_lambda": laf_lambda}
+            return {"name": "kd", "tau": settings.kd_tau, "alpha": settings.kd_alpha}
+        return {"name": "enof", "laf": self.laf, "laf_tau": settings.laf_tau,
+                "laf_lambda": settings.laf_lambda}
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """The distillation losses' temperatures and weights the cells train with."""
+    laf_tau: float
+    laf_lambda: float
+    kd_tau: float
+    kd_alpha: float
+
+    @classmethod
+    def of(cls, base: Config, kd_tau: float | None = None,
+           kd_alpha: float | None = None) -> "DistillSettings":
+        """The recipe's LAF settings; KD's default to them (KD then differs from +LAF only in
+        what it distills)."""
+        opts = base.method.options
+        settings = cls(opts.laf_tau, opts.laf_lambda,
+                       opts.laf_tau if kd_tau is None else kd_tau,
+                       opts.laf_lambda if kd_alpha is None else kd_alpha)
+        if settings.kd_tau <= 0 or settings.kd_alpha < 0:
+            raise SpikeguideError(f"vanilla KD needs a positive temperature and a non-negative "
+                                  f"weight; got kd_tau={settings.kd_tau:g}, "
+                                  f"kd_alpha={settings.kd_alpha:g}")
+        return settings
+
+    def describe(self) -> str:
+        return (f"LAF tau {self.laf_tau:g}, lambda {self.laf_lambda:g}; vanilla KD tau "
+                f"{self.kd_tau:g}, weight {self.kd_alpha:g}")
 
 
 VARIANTS = {v.key: v for v in [
@@ -85,14 +115,14 @@ def base_config(recipe: str | Path, overrides: list[str]) -> tuple[dict, Config]
 
 
 def cell_config(raw: dict, base: Config, variant: Variant, T: int, seed: int, out: Path,
-                teacher: str) -> Config:
-    opts = base.method.options
+                teacher: str, settings: DistillSettings | None = None) -> Config:
+    settings = settings or DistillSettings.of(base)
     data = merge(raw, {"name": f"{variant.key}_T{T}_s{seed}", "out_dir": str(out),
                        "model": {"T": T, "repact": variant.repact},
                        "train": {"seed": seed},
                        "teacher": {"checkpoint": teacher}})
     data["teacher"].pop("recipe", None)  # the shared teacher is resolved once, up front
-    data["method"] = variant.method_table(opts.laf_tau, opts.laf_lambda)
+    data["method"] = variant.method_table(settings)
     return parse_config(data)
 
 
@@ -140,7 +170,7 @@ def comparisons(variants: list[Variant]) -> list[tuple[Variant, Variant]]:
 
 def write_tables(out: Path, title: str, teacher: str, teacher_top1: float | None,
                  results: dict[CellKey, CellResult], variants: list[Variant],
-                 Ts: list[int], seeds: list[int]) -> None:
+                 Ts: list[int], seeds: list[int], settings: DistillSettings) -> None:
     fields = [f.name for f in dataclasses.fields(CellResult)]
     done = [(v, T, s) for v in variants for T in Ts for s in seeds if (v.key, T, s) in results]
     with open(out / "ablation.csv", "w", newline="") as f:
@@ -169,6 +199,7 @@ def write_tables(out: Path, title: str, teacher: str, teacher_top1: float | None
     rule = "|---" * (len(Ts) + 1) + "|"
     lines = [f"# EnOF ablation: {title}", "",
              f"Teacher (ANN twin, shared by every cell): `{teacher}`, test top-1 {acc}.", "",
+             f"Distillation settings: {settings.describe()}.", "",
              f"Final test top-1 (%) over seeds {', '.join(map(str, seeds))}: mean +- sample "
              "standard deviation [per-seed values]; cells still to train show fewer seeds.", "",
              header, rule]
@@ -268,13 +299,15 @@ def forward_signals_to_workers(stop_event) -> Iterator[None]:
 def run_ablation(recipe: str | Path, Ts: list[int] | None = None,
                  variants: list[str] | None = None, out: str | Path | None = None,
                  overrides: list[str] | None = None, jobs: int = 1,
-                 seeds: list[int] | None = None,
+                 seeds: list[int] | None = None, kd_tau: float | None = None,
+                 kd_alpha: float | None = None,
                  echo: Callable[[str], None] = print) -> Path:
     """Train (or skip, when finished) every cell; returns the folder holding the tables.
 
     ``Ts`` defaults to the recipe's ``model.T``, ``variants`` to all of :data:`VARIANTS`,
     ``seeds`` to the recipe's ``train.seed``, ``out`` to ``OUT_DIR/NAME_ablation`` of the
-    recipe. With ``jobs > 1`` that many worker processes train cells at once (the largest T
+    recipe, ``kd_tau`` / ``kd_alpha`` (vanilla KD's) to the recipe's ``laf_tau`` /
+    ``laf_lambda``. With ``jobs > 1`` that many worker processes train cells at once (the largest T
     first), sharing the threads :func:`~spikeguide.training.threads.choose_threads` gives this
     process (``train.threads``, when set, is each cell's own); every cell is the same run it
     would be alone (seeded, own folder).
@@ -286,6 +319,7 @@ def run_ablation(recipe: str | Path, Ts: list[int] | None = None,
                               f"{', '.join(VARIANTS)}")
     if jobs < 1:
         raise SpikeguideError(f"jobs must be at least 1, got {jobs}")
+    settings = DistillSettings.of(base, kd_tau, kd_alpha)
     chosen = [VARIANTS[k] for k in (variants or VARIANTS)]
     Ts = list(Ts or [base.model.T])
     seeds = list(dict.fromkeys(seeds)) if seeds else [base.train.seed]
@@ -294,7 +328,7 @@ def run_ablation(recipe: str | Path, Ts: list[int] | None = None,
     teacher = teacher_source(base)
     out.mkdir(parents=True, exist_ok=True)
     teacher_record = shared_teacher(base, teacher)
-    cells = {(v.key, T, s): cell_config(raw, base, v, T, s, out, teacher)
+    cells = {(v.key, T, s): cell_config(raw, base, v, T, s, out, teacher, settings)
              for T in Ts for s in seeds for v in chosen}
     results: dict[CellKey, CellResult] = {}
 
@@ -306,7 +340,8 @@ def run_ablation(recipe: str | Path, Ts: list[int] | None = None,
         status = f"done in {seconds:.0f} s (setup included)" if trained else "finished before, skipped"
         echo(f"{label(key)}: {status}: best {cell.best_top1:.2f}, final {cell.final_top1:.2f}, "
              f"firing {cell.firing_rate:.4f}, {cell.wall_s:.0f} s in the log")
-        write_tables(out, str(recipe), teacher, teacher_record["top1"], results, chosen, Ts, seeds)
+        write_tables(out, str(recipe), teacher, teacher_record["top1"], results, chosen, Ts, seeds,
+                     settings)
 
     if jobs == 1:
         for key, cfg in cells.items():

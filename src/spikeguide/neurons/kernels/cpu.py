@@ -15,6 +15,7 @@ import torch
 
 from ...errors import SpikeguideError
 from ..surrogates import ATan, FastSigmoid, Rectangle, Sigmoid, Surrogate, Triangle
+from .fused import threshold_neighbours
 
 # Built-in surrogates the kernel evaluates itself; any other one is evaluated in torch first.
 SURROGATE_IDS = {Rectangle: 0, Triangle: 1, Sigmoid: 2, ATan: 3, FastSigmoid: 4}
@@ -129,7 +130,8 @@ class CppLoops:
     def forward(self, current, decay, threshold, soft, save_h):
         spikes = self._empty(current)
         h = self._empty(current) if save_h else None
-        extension().forward(current, spikes, h, decay, threshold, soft)
+        below, above = threshold_neighbours(threshold, current.dtype)
+        extension().forward(current, spikes, h, decay, threshold, below, above, soft)
         return spikes, h
 
     def backward(self, grad_spikes, h, decay, threshold, soft, detach, surrogate: Surrogate,

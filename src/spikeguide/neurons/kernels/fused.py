@@ -9,6 +9,8 @@ one autograd node per layer (a ``torch.library`` custom op).
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Protocol
 
 import torch
@@ -25,6 +27,18 @@ class LoopImpl(Protocol):
                  soft: bool, detach: bool, surrogate: Surrogate,
                  want_decay: bool) -> tuple[torch.Tensor, torch.Tensor | float]:
         """-> (dL/dcurrent ``[T, N]``, dL/ddecay summed over neurons and steps)."""
+
+
+@functools.cache
+def threshold_neighbours(threshold: float, dtype: torch.dtype) -> tuple[float, float]:
+    """The largest value of ``dtype`` under the float32 ``threshold`` and the smallest at or over
+    it. The compiled and Triton loops keep a bf16/fp16 saved membrane on its spike's side of the
+    threshold with them, so that backward's ``h >= threshold`` sees the forward's spike."""
+    t = torch.tensor(threshold, dtype=torch.float32)  # the kernels compare in float32
+    nearest = t.to(dtype)
+    toward = torch.tensor(-math.inf if nearest.float() >= t else math.inf, dtype=dtype)
+    pair = sorted((nearest.item(), torch.nextafter(nearest, toward).item()))
+    return pair[0], pair[1]
 
 
 def reset_membrane(h: torch.Tensor, threshold: float, soft: bool) -> torch.Tensor:

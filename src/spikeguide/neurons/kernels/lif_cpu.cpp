@@ -92,9 +92,13 @@ inline c10::BFloat16 store_as<c10::BFloat16, float>(float v) {
 // S is the dtype in memory, T = at::opmath_type<S> the one of the arithmetic: float for bfloat16
 // and float16 (their membrane stays float32 in registers; currents, spikes, the saved membrane
 // and gradients are read and written as S, as the Triton kernels do), S itself otherwise.
+// Where S is narrower than T, the saved membrane is first kept on its spike's side of the
+// threshold: at most `below` (the largest S under it) without a spike, at least `above` (the
+// smallest S at or over it) with one, so that backward, which tests h >= threshold, sees the
+// forward's spikes (rounding alone could carry a membrane just under the threshold onto it).
 template <typename S, typename T = at::opmath_type<S>>
 void forward_kernel(const S* I, int64_t stride_t, S* s, S* h, int64_t steps, int64_t N, T decay,
-                    T threshold, bool soft) {
+                    T threshold, T below, T above, bool soft) {
   at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
     T u[kBlock];
     for (int64_t b = begin; b < end; b += kBlock) {
@@ -110,7 +114,13 @@ void forward_kernel(const S* I, int64_t stride_t, S* s, S* h, int64_t steps, int
             x = x + load_as<T>(it[i]);
             T sp = x >= threshold ? T(1) : T(0);
             st[i] = store_as<S>(sp);
-            if constexpr (decltype(save)::value) ht[i] = store_as<S>(x);
+            if constexpr (decltype(save)::value) {
+              if constexpr (std::is_same_v<S, T>) {
+                ht[i] = x;
+              } else {  // comparisons that leave a NaN as it is
+                ht[i] = store_as<S>(sp > T(0) ? (x < above ? above : x) : (x > below ? below : x));
+              }
+            }
             u[i] = soft ? x - threshold * sp : x * (T(1) - sp);
           }
         };
@@ -175,9 +185,10 @@ double backward_kernel(const S* gs, const S* h, const S* pre, S* gI, int64_t ste
 }
 
 // current: [T, N] with rows contiguous (row stride N, or 0 for a broadcast static input);
-// spikes and h (h may be undefined: not saved) are contiguous [T, N] outputs.
+// spikes and h (h may be undefined: not saved) are contiguous [T, N] outputs. below / above: the
+// values of the tensors' dtype next to the threshold (forward_kernel; unused for float32/64).
 void forward(torch::Tensor current, torch::Tensor spikes, c10::optional<torch::Tensor> h,
-             double decay, double threshold, bool soft) {
+             double decay, double threshold, double below, double above, bool soft) {
   const int64_t steps = current.size(0), N = current.size(1);
   TORCH_CHECK(current.stride(1) == 1 && (steps == 1 || current.stride(0) == N || current.stride(0) == 0),
               "lif_cpu.forward needs rows of N contiguous elements");
@@ -187,7 +198,7 @@ void forward(torch::Tensor current, torch::Tensor spikes, c10::optional<torch::T
     using T = at::opmath_type<scalar_t>;
     forward_kernel<scalar_t>(current.data_ptr<scalar_t>(), current.stride(0), spikes.data_ptr<scalar_t>(),
                              h.has_value() ? h->data_ptr<scalar_t>() : nullptr, steps, N,
-                             T(decay), T(threshold), soft);
+                             T(decay), T(threshold), T(below), T(above), soft);
   });
 }
 

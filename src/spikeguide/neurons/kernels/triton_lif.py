@@ -13,6 +13,7 @@ import triton.language as tl
 
 from ..surrogates import Surrogate
 from .cpu import SURROGATE_IDS
+from .fused import threshold_neighbours
 
 BLOCK = 1024
 HALF_PI = tl.constexpr(1.5707963267948966)
@@ -37,7 +38,7 @@ def _surrogate(x, width, SID: tl.constexpr):
 
 
 @triton.jit
-def _forward(cur, spk, mem, stride_t, N, T, decay, threshold,
+def _forward(cur, spk, mem, stride_t, N, T, decay, threshold, below, above,
              SOFT: tl.constexpr, SAVE_H: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -48,7 +49,11 @@ def _forward(cur, spk, mem, stride_t, N, T, decay, threshold,
         s = tl.where(h >= threshold, 1.0, 0.0)
         tl.store(spk + t * N + offs, s, mask=mask)
         if SAVE_H:
-            tl.store(mem + t * N + offs, h, mask=mask)
+            if mem.dtype.element_ty != tl.float32:  # on its spike's side once rounded (TritonLoops)
+                h_saved = tl.where(s > 0, tl.where(h < above, above, h), tl.where(h > below, below, h))
+                tl.store(mem + t * N + offs, h_saved, mask=mask)
+            else:
+                tl.store(mem + t * N + offs, h, mask=mask)
         if SOFT:
             u = h - threshold * s
         else:
@@ -98,15 +103,17 @@ def _backward(grad_s, mem, pre, grad_i, partial, N, T, decay, threshold, width,
 class TritonLoops:
     """Both loops as Triton kernels over ``[T, N]`` rows of float32, bfloat16 or float16: the
     membrane and all arithmetic are float32 in registers, what is read and written (currents,
-    spikes, the saved membrane, gradients) is in the rows' dtype."""
+    spikes, the saved membrane, gradients) is in the rows' dtype. A bf16/fp16 saved membrane is
+    kept on its spike's side of the threshold (:func:`~.fused.threshold_neighbours`)."""
 
     def forward(self, current, decay, threshold, soft, save_h):
         T, N = current.shape
         spikes = torch.empty((T, N), dtype=current.dtype, device=current.device)
         h = torch.empty_like(spikes) if save_h else spikes  # unused pointer when not saving
+        below, above = threshold_neighbours(threshold, current.dtype)
         _forward[(triton.cdiv(N, BLOCK),)](
-            current, spikes, h, current.stride(0) if T > 1 else N, N, T, decay, threshold,
-            SOFT=soft, SAVE_H=save_h, BLOCK=BLOCK, enable_fp_fusion=False)
+            current, spikes, h, current.stride(0) if T > 1 else N, N, T, decay, threshold, below,
+            above, SOFT=soft, SAVE_H=save_h, BLOCK=BLOCK, enable_fp_fusion=False)
         return spikes, (h if save_h else None)
 
     def backward(self, grad_spikes, h, decay, threshold, soft, detach, surrogate: Surrogate,
