@@ -77,7 +77,7 @@ class DistillSettings:
 
     @classmethod
     def of(cls, base: Config, kd_tau: float | None = None,
-           kd_alpha: float | None = None) -> "DistillSettings":
+           kd_alpha: float | None = None) -> DistillSettings:
         """The recipe's LAF settings; KD's default to them (KD then differs from +LAF only in
         what it distills)."""
         opts = base.method.options
