@@ -99,6 +99,7 @@ def test_ablate_writes_tables_and_a_rerun_skips_finished_cells(recipe, tmp_path,
     table = (out / "ablation.md").read_text()
     assert "| +LAF+RepAct |" in table and "| T=1 | T=2 |" in table and "not run" not in table
     assert "| +LAF vs vanilla KD |" in table and "one seed: no test" in table
+    assert "| +LAF+RepAct vs +LAF |" in table and "| +LAF+RepAct vs vanilla KD |" in table
     assert "choose no setting on them" in table  # no validation split: compared on test
     before = {p: p.stat().st_mtime_ns for p in out.rglob("latest.pt")}
 

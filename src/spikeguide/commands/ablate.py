@@ -159,13 +159,16 @@ def summary_cell(values: list[float]) -> str:
     return f"{mean:.2f}" + (f" +- {std:.2f} [{seeds}]" if std is not None else "")
 
 
+# beside every variant against the baseline: LAF against vanilla KD (the paper's claim, the two
+# differing only in what is distilled), RepAct on top of LAF, and the whole method against KD
+HEAD_TO_HEAD = [("laf", "kd"), ("laf_repact", "laf"), ("laf_repact", "kd")]
+
+
 def comparisons(variants: list[Variant]) -> list[tuple[Variant, Variant]]:
-    """Every variant against the baseline, and +LAF against vanilla KD (the paper's claim)."""
+    """The pairs of variants the tables compare, of those that ran."""
     keys = {v.key: v for v in variants}
     pairs = [(v, keys["baseline"]) for v in variants if v.key != "baseline" and "baseline" in keys]
-    if "laf" in keys and "kd" in keys:
-        pairs.append((keys["laf"], keys["kd"]))
-    return pairs
+    return pairs + [(keys[a], keys[b]) for a, b in HEAD_TO_HEAD if a in keys and b in keys]
 
 
 def write_tables(out: Path, title: str, teacher: str, teacher_top1: float | None,
