@@ -81,6 +81,16 @@ def test_width_scales_channels():
     assert create_model("resnet50", width=0.25).classifier.in_features == 512
 
 
+def test_resnet20_channels_option_sets_each_stage_before_width_scales_it():
+    wide = create_model("resnet20", width=0.25, channels=[64, 128, 512, 1024])
+    assert wide.stage_channels == [16, 32, 128, 256] and wide.classifier.in_features == 256
+    assert wide.stages[2][0].residual.conv1.weight.shape == (128, 32, 3, 3)
+    assert wide.encoder.conv.out_channels == 16  # the stem keeps its 64, scaled
+    twin = create_model("resnet20", width=0.25, spiking=False, channels=[64, 128, 512, 1024])
+    load_twin_weights(wide, twin.state_dict())
+    assert create_model("resnet20", width=0.25).stage_channels == [16, 32, 64, 128]
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(name="resnet21"), "unknown model 'resnet21'"),
     (dict(name="resnet18", stem="tiny"), "unknown stem"),
@@ -88,6 +98,8 @@ def test_width_scales_channels():
     (dict(name="resnet20", width=0), "width must be positive"),
     (dict(name="resnet20", T=0), "T must be >= 1"),
     (dict(name="resnet20", neuron_options={"tau": 2}), "no option"),
+    (dict(name="resnet20", channels=[64, 128, 256]), r"four positive integers.*got \[64, 128, 256\]"),
+    (dict(name="resnet20", channels=[64, 128, 0, 512]), "four positive integers"),
 ])
 def test_bad_model_arguments_are_clear_errors(kwargs, match):
     with pytest.raises(SpikeguideError, match=match):

@@ -136,11 +136,24 @@ def build_resnet(block, blocks: list[int], channels: list[int], stem: str, stem_
                       spiking, stage_channels)
 
 
+RESNET20_CHANNELS = [64, 128, 256, 512]
+
+
 @register_model("resnet20")
-def resnet20(**kw) -> SpikingNet:
+def resnet20(channels: list[int] | None = None, **kw) -> SpikingNet:
     """The ResNet-20 of the SNN literature used by EnOF: a stem of three 3x3 convolutions with 64
-    channels and a 2x2 average pool, BasicBlocks [2, 2, 2, 2] at 64/128/256/512 channels."""
-    return build_resnet(BasicBlock, [2, 2, 2, 2], [64, 128, 256, 512], "enof", 64, **kw)
+    channels and a 2x2 average pool, BasicBlocks [2, 2, 2, 2] at 64/128/256/512 channels.
+
+    ``channels`` replaces the four stages' channel counts (before ``width`` scales them; the stem
+    keeps 64). The CPU lab widens the last two stages, where the feature maps are 4x4 and 2x2:
+    capacity there costs the least time (results/fast_cpu.md)."""
+    if channels is None:
+        channels = RESNET20_CHANNELS
+    if (not isinstance(channels, (list, tuple)) or len(channels) != len(RESNET20_CHANNELS)
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels)):
+        raise SpikeguideError(f"resnet20's channels option takes four positive integers, one per "
+                              f"stage (default {RESNET20_CHANNELS}), got {channels!r}")
+    return build_resnet(BasicBlock, [2, 2, 2, 2], list(channels), "enof", 64, **kw)
 
 
 @register_model("resnet19")
